@@ -1,0 +1,180 @@
+"""Save / load a ``Reconstruction`` as one output folder, written atomically.
+
+Layout::
+
+    reconstruction.npz   all arrays (+ ``gt__<key>`` ground truth, ``view_names``)
+    points/t000.ply ...  per-timestep fused coloured point cloud
+    scene.glb            per-timestep point clouds + camera frustums
+    cameras.json         per (t, v) extrinsic, camera_to_world, intrinsic, size, view name
+    colmap/              cameras.txt, images.txt, points3D.txt (+ images/)
+    manifest.json        meta (run manifest), export options, array shapes, file list
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from vggt_mv.export.atomic import atomic_dir
+from vggt_mv.export.cameras import write_cameras_json
+from vggt_mv.export.colmap import write_colmap_text
+from vggt_mv.export.glb import build_scene, write_glb
+from vggt_mv.export.ply import write_ply
+
+if TYPE_CHECKING:
+    from vggt_mv.inference.reconstruction import Reconstruction
+
+__all__ = ["save_reconstruction", "load_reconstruction", "json_safe", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "vggt-mv-reconstruction"
+FORMAT_VERSION = 1
+_GT_PREFIX = "gt__"
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively convert numpy scalars/arrays, paths and tuples to JSON-native values."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def _subsample(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted random subset of ``range(n)`` of size ``min(n, max_points)``."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def save_reconstruction(
+    rec: "Reconstruction",
+    out_dir: str | os.PathLike,
+    *,
+    source: Literal["depth", "points"] = "depth",
+    conf_percentile: float | None = None,
+    conf_threshold: float | None = None,
+    max_points_per_timestep: int | None = None,
+    color_by: Literal["image", "mask"] = "image",
+    ply: bool = True,
+    glb: bool = True,
+    colmap: bool = True,
+    colmap_images: bool = True,
+    colmap_max_points: int = 100_000,
+    colmap_conf_percentile: float = 50.0,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``rec`` to ``out_dir`` atomically (temp sibling folder + ``os.replace``).
+
+    Point exports (PLY / GLB) use ``source`` and the confidence filters of
+    ``Reconstruction.points``; ``max_points_per_timestep`` randomly subsamples (seeded).
+    COLMAP ``points3D.txt`` holds up to ``colmap_max_points`` static points above the
+    ``colmap_conf_percentile`` confidence percentile. Returns the output path.
+    """
+    out_dir = Path(out_dir)
+    height, width = rec.image_size
+    options = dict(source=source, conf_percentile=conf_percentile, conf_threshold=conf_threshold,
+                   max_points_per_timestep=max_points_per_timestep, color_by=color_by,
+                   colmap_max_points=colmap_max_points, colmap_conf_percentile=colmap_conf_percentile)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        arrays = {name: getattr(rec, name) for name in
+                  ("images", "depth", "depth_conf", "world_points", "world_points_conf", "extrinsic", "intrinsic")}
+        if rec.dynamic_mask is not None:
+            arrays["dynamic_mask"] = rec.dynamic_mask
+        gt_extra: dict[str, Any] = {}
+        for key, value in (rec.gt or {}).items():
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                arrays[_GT_PREFIX + key] = value
+            else:
+                gt_extra[key] = json_safe(value)
+        arrays["view_names"] = np.array(rec.view_names, dtype=np.str_)
+        np.savez(tmp / "reconstruction.npz", **arrays)
+
+        clouds = []
+        keep = rec.confidence_mask(source, conf_percentile, conf_threshold)
+        for t in range(rec.num_timesteps):
+            xyz, rgb = rec.gather(keep[t], source, color_by, t=t)
+            idx = _subsample(len(xyz), max_points_per_timestep, seed=t)
+            clouds.append((xyz[idx], rgb[idx]))
+        files = ["reconstruction.npz"]
+        if ply:
+            for t, (xyz, rgb) in enumerate(clouds):
+                write_ply(tmp / "points" / f"t{t:03d}.ply", xyz, rgb)
+                files.append(f"points/t{t:03d}.ply")
+        if glb:
+            scene = build_scene(clouds, rec.extrinsic, rec.intrinsic, width, height, 0.05 * rec.scene_scale())
+            write_glb(tmp / "scene.glb", scene)
+            files.append("scene.glb")
+        write_cameras_json(tmp / "cameras.json", extrinsic=rec.extrinsic, intrinsic=rec.intrinsic,
+                           width=width, height=height, view_names=rec.view_names)
+        files.append("cameras.json")
+        if colmap:
+            sel = rec.select(None, None, source, colmap_conf_percentile, conf_threshold, "static")
+            xyz, rgb = rec.gather(sel, source, "image")
+            idx = _subsample(len(xyz), colmap_max_points)
+            write_colmap_text(tmp / "colmap", rec.extrinsic, rec.intrinsic, width, height, rec.view_names,
+                              xyz[idx], rgb[idx], rec.images if colmap_images else None)
+            files += ["colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt"]
+            if colmap_images:
+                files.append("colmap/images/")
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "num_timesteps": rec.num_timesteps, "num_views": rec.num_views, "height": height, "width": width,
+            "view_names": list(rec.view_names),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "gt_keys": sorted(k for k in (rec.gt or {}) if k not in gt_extra),
+            "gt_extra": gt_extra if rec.gt is not None else None,
+            "has_gt": rec.gt is not None,
+            "export": options,
+            "files": files + ["manifest.json"],
+            "meta": json_safe(rec.meta),
+        }
+        with open(tmp / "manifest.json", "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=1)
+    return out_dir
+
+
+def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
+    """Load an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``."""
+    from vggt_mv.inference.reconstruction import Reconstruction
+
+    path = Path(path)
+    folder = path.parent if path.suffix == ".npz" else path
+    npz_path = path if path.suffix == ".npz" else path / "reconstruction.npz"
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"no reconstruction.npz in {folder}")
+    manifest: dict[str, Any] = {}
+    if (folder / "manifest.json").is_file():
+        with open(folder / "manifest.json", encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{folder}: unsupported format {manifest.get('format')!r} "
+                             f"v{manifest.get('format_version')}")
+    with np.load(npz_path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    gt = {k[len(_GT_PREFIX):]: v for k, v in arrays.items() if k.startswith(_GT_PREFIX)}
+    gt.update(manifest.get("gt_extra") or {})
+    has_gt = manifest.get("has_gt", bool(gt))
+    view_names = [str(n) for n in arrays["view_names"]] if "view_names" in arrays else manifest.get("view_names")
+    return Reconstruction(
+        images=arrays["images"], depth=arrays["depth"], depth_conf=arrays["depth_conf"],
+        world_points=arrays["world_points"], world_points_conf=arrays["world_points_conf"],
+        extrinsic=arrays["extrinsic"], intrinsic=arrays["intrinsic"],
+        dynamic_mask=arrays.get("dynamic_mask"), view_names=view_names,
+        meta=manifest.get("meta", {}), gt=gt if has_gt else None,
+    )

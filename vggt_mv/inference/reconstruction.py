@@ -1,0 +1,361 @@
+"""The ``Reconstruction`` result object: per (t, v) depth, points, cameras, masks, images.
+
+All arrays are numpy with leading dims ``[T, V]`` (T timesteps, V views). Predictions live in
+the reference camera (t=0, v=0) frame; extrinsics are camera-from-world ``[R|t]`` (OpenCV).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from vggt_mv.inference.geometry import (
+    camera_centers,
+    remove_statistical_outliers,
+    unproject_depth,
+    voxel_downsample,
+)
+
+__all__ = ["Reconstruction", "ARRAY_FIELDS", "GT_KEYS"]
+
+Source = Literal["depth", "points"]
+ColorBy = Literal["image", "mask"]
+
+#: array fields saved in ``reconstruction.npz`` (``dynamic_mask`` only when present).
+ARRAY_FIELDS = (
+    "images", "depth", "depth_conf", "world_points", "world_points_conf",
+    "extrinsic", "intrinsic", "dynamic_mask",
+)
+#: ground-truth keys understood by ``vggt_mv.eval.evaluate`` (others are kept as-is).
+GT_KEYS = ("depth", "extrinsic", "intrinsic", "dynamic_mask")
+
+_DYNAMIC_RGB = np.array([255.0, 48.0, 48.0])
+
+
+def _resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinearly resize ``[T,V,h,w]`` maps (e.g. a patch-grid mask) to ``[T,V,H,W]``."""
+    import cv2
+
+    t, v, h, w = maps.shape
+    flat = maps.reshape(t * v, h, w).transpose(1, 2, 0).astype(np.float32)  # cv2 wants [h,w,C]
+    chunks = [cv2.resize(flat[..., i : i + 256], (width, height), interpolation=cv2.INTER_LINEAR)
+              for i in range(0, t * v, 256)]  # cv2 caps channels at 512
+    out = np.concatenate([c.reshape(height, width, -1) for c in chunks], axis=-1)
+    return out.transpose(2, 0, 1).reshape(t, v, height, width)
+
+
+@dataclass(eq=False)
+class Reconstruction:
+    """Multi-view multi-timestep reconstruction (see module docstring for conventions).
+
+    Shapes: ``images [T,V,H,W,3] uint8``, ``depth / depth_conf [T,V,H,W] f32``,
+    ``world_points [T,V,H,W,3]`` (point head), ``world_points_conf [T,V,H,W]``,
+    ``extrinsic [T,V,3,4]``, ``intrinsic [T,V,3,3]``, ``dynamic_mask [T,V,H,W]`` in [0,1]
+    (probability a pixel is dynamic; a patch-grid ``[T,V,h,w]`` mask is upsampled) or None.
+    ``world_points=None`` falls back to unprojected depth, ``*_conf=None`` to ones.
+    ``gt`` optionally holds ground-truth ``depth``, ``extrinsic``, ``intrinsic``, ``dynamic_mask``.
+    """
+
+    images: np.ndarray
+    depth: np.ndarray
+    depth_conf: np.ndarray | None
+    world_points: np.ndarray | None
+    world_points_conf: np.ndarray | None
+    extrinsic: np.ndarray
+    intrinsic: np.ndarray
+    dynamic_mask: np.ndarray | None = None
+    view_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    gt: dict[str, Any] | None = None
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    def __post_init__(self) -> None:
+        depth = np.asarray(self.depth, dtype=np.float32)
+        if depth.ndim == 5 and depth.shape[-1] == 1:  # VGGT heads give [..,H,W,1]
+            depth = depth[..., 0]
+        if depth.ndim != 4:
+            raise ValueError(f"depth must be [T,V,H,W], got {depth.shape}")
+        t, v, h, w = depth.shape
+        self.depth = depth
+        images = np.asarray(self.images)
+        if images.ndim == 5 and images.shape[2] == 3 and images.shape[-1] != 3:  # [T,V,3,H,W]
+            images = np.moveaxis(images, 2, -1)
+        if images.dtype != np.uint8:  # float images in [0,1]
+            images = np.clip(np.rint(images.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        self.images = images
+        self.depth_conf = self._map(self.depth_conf, "depth_conf", np.ones_like(depth))
+        self.extrinsic = np.asarray(self.extrinsic, dtype=np.float32)
+        self.intrinsic = np.asarray(self.intrinsic, dtype=np.float32)
+        self._check("images", self.images, (t, v, h, w, 3))
+        self._check("extrinsic", self.extrinsic, (t, v, 3, 4))
+        self._check("intrinsic", self.intrinsic, (t, v, 3, 3))
+        if self.world_points is None:
+            self.world_points = self.points_from_depth().copy()
+        self.world_points = np.asarray(self.world_points, dtype=np.float32)
+        self._check("world_points", self.world_points, (t, v, h, w, 3))
+        self.world_points_conf = self._map(self.world_points_conf, "world_points_conf", self.depth_conf.copy())
+        if self.dynamic_mask is not None:
+            mask = np.asarray(self.dynamic_mask, dtype=np.float32)
+            if mask.ndim == 5 and mask.shape[-1] == 1:
+                mask = mask[..., 0]
+            if mask.ndim != 4 or mask.shape[:2] != (t, v):
+                raise ValueError(f"dynamic_mask must be [T,V,H,W] or [T,V,h,w], got {mask.shape}")
+            if mask.shape[2:] != (h, w):
+                mask = _resize_maps(mask, h, w)
+            self.dynamic_mask = np.clip(mask, 0.0, 1.0)
+        if self.view_names is None:
+            self.view_names = [f"cam{i}" for i in range(v)]
+        self.view_names = [str(n) for n in self.view_names]
+        if len(self.view_names) != v:
+            raise ValueError(f"{len(self.view_names)} view_names for {v} views")
+        if self.gt is not None:
+            self.gt = {k: (np.asarray(val) if k in GT_KEYS else val) for k, val in self.gt.items()}
+        self.meta = dict(self.meta or {})
+
+    def _map(self, value: Any, name: str, default: np.ndarray) -> np.ndarray:
+        if value is None:
+            return default
+        arr = np.asarray(value, dtype=np.float32)
+        if arr.ndim == 5 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        self._check(name, arr, self.depth.shape)
+        return arr
+
+    @staticmethod
+    def _check(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.depth.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.depth.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return int(self.depth.shape[2]), int(self.depth.shape[3])
+
+    def invalidate_cache(self) -> None:
+        """Drop cached derived arrays (call after editing depth / cameras in place)."""
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ derived geometry
+    def points_from_depth(self) -> np.ndarray:
+        """World points ``[T,V,H,W,3]`` unprojected from depth + cameras (cached)."""
+        if "points_from_depth" not in self._cache:
+            self._cache["points_from_depth"] = unproject_depth(self.depth, self.intrinsic, self.extrinsic)
+        return self._cache["points_from_depth"]
+
+    def camera_centers(self) -> np.ndarray:
+        """Camera centres ``[T,V,3]`` in the world frame."""
+        return camera_centers(self.extrinsic).astype(np.float32)
+
+    def _source(self, source: Source) -> tuple[np.ndarray, np.ndarray]:
+        if source == "depth":
+            return self.points_from_depth(), self.depth_conf
+        if source == "points":
+            return self.world_points, self.world_points_conf
+        raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
+
+    def confidence_mask(
+        self,
+        source: Source = "depth",
+        percentile: float | None = None,
+        threshold: float | None = None,
+    ) -> np.ndarray:
+        """Boolean keep-mask ``[T,V,H,W]``.
+
+        Always drops non-finite points / confidences (and zero or negative depth for
+        ``source="depth"``). ``percentile`` (0-100, VGGT style) keeps pixels whose confidence is
+        ``>=`` that percentile of the valid confidences of the whole sequence, so the kept
+        fraction is ``1 - percentile/100`` up to ties; ``threshold`` keeps ``conf >= threshold``.
+        Both may be combined (logical and).
+        """
+        points, conf = self._source(source)
+        valid = np.isfinite(conf) & np.all(np.isfinite(points), axis=-1)
+        if source == "depth":
+            valid &= np.isfinite(self.depth) & (self.depth > 0)
+        if percentile is not None and valid.any():
+            if not 0.0 <= percentile <= 100.0:
+                raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+            valid &= conf >= np.percentile(conf[valid], percentile)
+        if threshold is not None:
+            valid &= conf >= threshold
+        return valid
+
+    def _colors(self, keep: np.ndarray | tuple[np.ndarray, ...], color_by: ColorBy) -> np.ndarray:
+        rgb = self.images[keep]
+        if color_by == "image":
+            return rgb
+        if color_by != "mask":
+            raise ValueError(f"color_by must be 'image' or 'mask', got {color_by!r}")
+        if self.dynamic_mask is None:
+            return rgb
+        prob = self.dynamic_mask[keep][:, None]
+        gray = rgb.astype(np.float32).mean(axis=1, keepdims=True) * 0.6 + 40.0
+        return np.clip(np.rint((1.0 - prob) * gray + prob * _DYNAMIC_RGB), 0, 255).astype(np.uint8)
+
+    def select(
+        self,
+        timesteps: int | Sequence[int] | None = None,
+        views: Sequence[int] | None = None,
+        source: Source = "depth",
+        conf_percentile: float | None = None,
+        conf_threshold: float | None = None,
+        dynamic: Literal["all", "static", "dynamic"] = "all",
+        dynamic_threshold: float = 0.5,
+    ) -> np.ndarray:
+        """Boolean pixel selection ``[T,V,H,W]`` combining time/view/confidence/dynamic filters.
+
+        ``dynamic="static"`` keeps ``mask < dynamic_threshold`` (everything if no mask),
+        ``"dynamic"`` keeps ``mask >= dynamic_threshold`` (nothing if no mask).
+        """
+        keep = self.confidence_mask(source, conf_percentile, conf_threshold)
+        sel = np.zeros(keep.shape[:2], dtype=bool)
+        t_idx = slice(None) if timesteps is None else np.atleast_1d(np.asarray(timesteps, dtype=int))
+        v_idx = slice(None) if views is None else np.asarray(list(views), dtype=int)
+        if isinstance(t_idx, np.ndarray) and isinstance(v_idx, np.ndarray):
+            sel[np.ix_(t_idx, v_idx)] = True
+        else:
+            sel[t_idx, v_idx] = True
+        keep &= sel[:, :, None, None]
+        if dynamic == "static" and self.dynamic_mask is not None:
+            keep &= self.dynamic_mask < dynamic_threshold
+        elif dynamic == "dynamic":
+            keep &= (self.dynamic_mask >= dynamic_threshold) if self.dynamic_mask is not None else False
+        elif dynamic not in ("all", "static", "dynamic"):
+            raise ValueError(f"dynamic must be 'all', 'static' or 'dynamic', got {dynamic!r}")
+        return keep
+
+    def gather(
+        self, keep: np.ndarray, source: Source = "depth", color_by: ColorBy = "image", t: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Points and colours ``([N,3] f32, [N,3] uint8)`` where ``keep [T,V,H,W]`` is True.
+
+        With ``t`` given, ``keep`` is ``[V,H,W]`` and only timestep ``t`` is read.
+        """
+        points, _ = self._source(source)
+        if t is not None:
+            idx = (np.full(int(keep.sum()), t),) + np.nonzero(keep)
+            return points[idx].astype(np.float32), self._colors(idx, color_by)
+        return points[keep].astype(np.float32), self._colors(keep, color_by)
+
+    def points(
+        self,
+        t: int,
+        views: Sequence[int] | None = None,
+        source: Source = "depth",
+        conf_percentile: float | None = None,
+        conf_threshold: float | None = None,
+        color_by: ColorBy = "image",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fused point cloud of timestep ``t`` over ``views`` (all by default).
+
+        Returns ``(xyz [N,3] float32, rgb [N,3] uint8)``; see ``confidence_mask`` for filters.
+        """
+        if not -self.num_timesteps <= t < self.num_timesteps:
+            raise IndexError(f"timestep {t} out of range for T={self.num_timesteps}")
+        keep = self.select(t % self.num_timesteps, views, source, conf_percentile, conf_threshold)
+        return self.gather(keep, source, color_by)
+
+    def static_background(
+        self,
+        voxel_size: float | None = None,
+        dynamic_threshold: float = 0.5,
+        source: Source = "depth",
+        conf_percentile: float | None = None,
+        conf_threshold: float | None = None,
+        views: Sequence[int] | None = None,
+        color_by: ColorBy = "image",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Static pixels (``dynamic_mask < dynamic_threshold``) of all timesteps, fused.
+
+        Voxel-downsampled with open3d; ``voxel_size=None`` uses ``scene_scale() / 512``,
+        ``voxel_size=0`` disables downsampling. Returns ``(xyz [N,3] f32, rgb [N,3] uint8)``.
+        """
+        keep = self.select(None, views, source, conf_percentile, conf_threshold, "static", dynamic_threshold)
+        xyz, rgb = self.gather(keep, source, color_by)
+        if voxel_size is None:
+            voxel_size = self.scene_scale() / 512.0
+        xyz, rgb = voxel_downsample(xyz, rgb, voxel_size)
+        return xyz, rgb
+
+    def dynamic_points(
+        self,
+        t: int,
+        dynamic_threshold: float = 0.5,
+        views: Sequence[int] | None = None,
+        source: Source = "depth",
+        conf_percentile: float | None = None,
+        conf_threshold: float | None = None,
+        color_by: ColorBy = "image",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dynamic pixels (``dynamic_mask >= dynamic_threshold``) of timestep ``t`` (empty if no mask)."""
+        keep = self.select(t, views, source, conf_percentile, conf_threshold, "dynamic", dynamic_threshold)
+        return self.gather(keep, source, color_by)
+
+    @staticmethod
+    def clean(
+        points: np.ndarray,
+        colors: np.ndarray | None = None,
+        voxel_size: float | None = None,
+        nb_neighbors: int = 20,
+        std_ratio: float = 2.0,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Optional voxel downsampling, then open3d statistical outlier removal.
+
+        ``points [N,3]``, ``colors [N,3] uint8`` or None -> ``(xyz [K,3], rgb [K,3] or None)``.
+        """
+        xyz, rgb = voxel_downsample(points, colors, voxel_size or 0.0)
+        xyz, rgb, _ = remove_statistical_outliers(xyz, rgb, nb_neighbors, std_ratio)
+        return xyz, rgb
+
+    def scene_center(self) -> np.ndarray:
+        """Robust scene centre ``[3]``: median of valid unprojected points (camera centres if none)."""
+        pts = self._sample_valid_points()
+        if len(pts) == 0:
+            return np.median(self.camera_centers().reshape(-1, 3), axis=0).astype(np.float32)
+        return np.median(pts, axis=0).astype(np.float32)
+
+    def scene_scale(self) -> float:
+        """Robust scene extent (> 0): twice the 90th-percentile distance of valid points and
+        camera centres from ``scene_center()``; 1.0 for an empty scene."""
+        pts = np.concatenate([self._sample_valid_points(), self.camera_centers().reshape(-1, 3)], axis=0)
+        center = self.scene_center()
+        dist = np.linalg.norm(pts - center, axis=1)
+        scale = float(2.0 * np.percentile(dist, 90)) if len(dist) else 0.0
+        return scale if np.isfinite(scale) and scale > 1e-8 else 1.0
+
+    def _sample_valid_points(self, max_points: int = 200_000) -> np.ndarray:
+        keep = self.confidence_mask("depth")
+        pts = self.points_from_depth()[keep]
+        if len(pts) > max_points:
+            pts = pts[:: int(np.ceil(len(pts) / max_points))]
+        return pts
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | os.PathLike, **export_options: Any) -> Path:
+        """Write npz + per-timestep PLY + GLB + cameras.json + COLMAP + manifest, atomically.
+
+        See ``vggt_mv.export.bundle.save_reconstruction`` for ``export_options``.
+        """
+        from vggt_mv.export.bundle import save_reconstruction
+
+        return save_reconstruction(self, out_dir, **export_options)
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "Reconstruction":
+        """Restore a reconstruction written by ``save`` (arrays bit-exact, meta from manifest)."""
+        from vggt_mv.export.bundle import load_reconstruction
+
+        return load_reconstruction(out_dir)
