@@ -1,0 +1,370 @@
+"""``load_scene``: multi-camera frame folders / videos / time-major dumps -> a preprocessed ``Scene``.
+
+Accepted inputs (``views_or_root``):
+
+* a list of cameras, each a folder of frames (natural sort: frame2 < frame10) or a video file;
+* a root folder with ``cam*/`` or ``view*/`` entries (folders or videos), optional ``masks/<cam>/``;
+* a time-major dump (``images/time_XX/viewN.png`` or ``time_XX/viewN.png`` directly under the
+  root), with optional ``depths/ intrs/ extrs/`` ground truth and ``masks/view_N/NNN.png``.
+
+Rules: cameras with different frame counts are truncated to the shortest one (warning on the
+``vggt_mv.data`` logger, recorded in ``source["truncated"]``); frame range and stride are then
+applied before any pixel is decoded; unreadable images, mixed sizes within a camera, empty
+folders and mismatching mask folders raise ``ValueError`` naming the path. Views whose
+preprocessed sizes differ (different aspect ratios) are padded white to a common size.
+In a dump, ``masks/view_N`` become the external masks and, unless ``dynamic_masks/time_XX/viewN.png``
+exists, also the ground-truth dynamic mask (``source["gt"]["dynamic_mask"]`` says which).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import io
+from .preprocess import PreprocessPlan, check_resolution, common_size, default_resolution, plan_preprocess
+
+log = logging.getLogger("vggt_mv.data")
+PathLike = str | Path
+
+
+@dataclass
+class SceneGT:
+    """Optional ground truth, transformed like the images (any field may be None)."""
+
+    depth: np.ndarray | None = None          # [T,V,H,W] float32 z-depth, 0 = invalid
+    intrinsic: np.ndarray | None = None      # [T,V,3,3] float32
+    extrinsic: np.ndarray | None = None      # [T,V,3,4] float32 world-to-camera (OpenCV)
+    dynamic_mask: np.ndarray | None = None   # [T,V,H,W] bool
+
+
+@dataclass
+class Scene:
+    """Preprocessed multi-view sequence: ``images [T,V,3,H,W]`` float32 in [0,1]."""
+
+    images: torch.Tensor
+    ext_masks: torch.Tensor | None = None    # [T,V,H,W] float32 in {0,1}
+    gt: SceneGT | None = None
+    view_names: list[str] = field(default_factory=list)
+    frame_names: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+
+    @property
+    def T(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def V(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def H(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def W(self) -> int:
+        return int(self.images.shape[4])
+
+    def window(self, start: int, stop: int) -> "Scene":
+        """Timesteps ``[start, stop)`` as a new Scene (tensors are views, not copies)."""
+        sl = slice(start, stop)
+        gt = None if self.gt is None else SceneGT(
+            *[None if a is None else a[sl] for a in (self.gt.depth, self.gt.intrinsic,
+                                                     self.gt.extrinsic, self.gt.dynamic_mask)])
+        return replace(self, images=self.images[sl],
+                       ext_masks=None if self.ext_masks is None else self.ext_masks[sl], gt=gt,
+                       frame_names=self.frame_names[sl], source={**self.source, "window": [start, stop]})
+
+
+# ----------------------------------------------------------------------------- cameras
+
+@dataclass
+class _Camera:
+    name: str
+    path: Path
+    frames: list[Path] | None            # None for a video
+    n: int
+    depth: list[Path] | None = None
+    intr: list[Path] | None = None
+    extr: list[Path] | None = None
+    dyn: list[Path] | None = None
+    masks: list[Path] | None = None
+    mask_dir: Path | None = None
+
+    def iter_frames(self, idx: list[int]) -> Iterator[np.ndarray]:
+        """uint8 RGB frames ``idx`` (sorted), decoded one at a time."""
+        if self.frames is None:
+            yield from io.iter_video_frames(self.path, idx)
+        else:
+            for i in idx:
+                yield io.read_rgb(self.frames[i])
+
+    def frame_label(self, i: int) -> str:
+        return str(self.frames[i]) if self.frames is not None else f"{self.path}#frame{i}"
+
+
+def _camera(path: Path) -> _Camera:
+    if io.is_video(path):
+        return _Camera(path.stem, path, None, io.video_frame_count(path))
+    if not path.exists():
+        raise ValueError(f"camera {str(path)!r} does not exist; pass a folder of frames or a video file")
+    frames = io.list_images(path)
+    return _Camera(path.name, path, frames, len(frames))
+
+
+def _is_cam_entry(p: Path) -> bool:
+    n = p.name.lower()
+    return (n.startswith("cam") or n.startswith("view")) and (p.is_dir() or io.is_video(p))
+
+
+def _dump_cameras(root: Path, img_root: Path) -> list[_Camera]:
+    """Cameras of a time-major dump, with GT and mask paths when present."""
+    tdirs = io.dump_time_dirs(img_root)
+    first = io.dump_view_files(tdirs[0])
+    if not first:
+        raise ValueError(f"{str(tdirs[0])!r} holds no viewN.png images; expected time_XX/view0.png ...")
+    names = io.natural_sorted(list(first))
+    per_view: dict[str, list[Path]] = {n: [] for n in names}
+    for td in tdirs:
+        files = io.dump_view_files(td)
+        missing = [n for n in names if n not in files]
+        if missing:
+            log.warning("dump %s: %s lacks %s; using the %d timesteps before it",
+                        root, td.name, missing, len(per_view[names[0]]))
+            break
+        for n in names:
+            per_view[n].append(files[n])
+    cams = []
+    base = img_root.parent if img_root.name == "images" else img_root
+    for n in names:
+        frames = per_view[n]
+        cam = _Camera(n, img_root, frames, len(frames))
+        tnames = [f.parent.name for f in frames]
+        for attr, sub, ext in (("depth", "depths", ".npy"), ("intr", "intrs", ".npy"),
+                               ("extr", "extrs", ".npy"), ("dyn", "dynamic_masks", ".png")):
+            if (base / sub).is_dir():
+                files = [base / sub / tn / f"{n}{ext}" for tn in tnames]
+                absent = [f for f in files if not f.is_file()]
+                if absent:
+                    raise ValueError(f"ground truth file {str(absent[0])!r} is missing; every "
+                                     f"time_XX folder of {str(base / sub)!r} needs {n}{ext} "
+                                     "(or remove that folder)")
+                setattr(cam, attr, files)
+        mdir = base / "masks" / f"view_{io.view_index(n)}"
+        if mdir.is_dir():
+            cam.mask_dir = mdir
+        cams.append(cam)
+    return cams
+
+
+def _resolve(views_or_root: PathLike | Sequence[PathLike]) -> tuple[str, list[_Camera], Path | None]:
+    """-> (layout name, cameras, root or None)."""
+    if isinstance(views_or_root, (str, Path)):
+        entries = [Path(views_or_root)]
+        single = True
+    else:
+        entries = [Path(p) for p in views_or_root]
+        single = len(entries) == 1
+        if not entries:
+            raise ValueError("no cameras given; pass camera folders/videos or a scene root folder")
+    if single and entries[0].is_dir():
+        root = entries[0]
+        img_root = io.dump_image_root(root)
+        if img_root is not None:
+            return "dump", _dump_cameras(root, img_root), root
+        subs = io.natural_sorted([p for p in root.iterdir() if _is_cam_entry(p)])
+        if subs:
+            cams = [_camera(p) for p in subs]
+            for c in cams:
+                for cand in (root / "masks" / c.name, root / "masks" / f"view_{io.view_index(c.name)}"):
+                    if cand.is_dir():
+                        c.mask_dir = cand
+                        break
+            return "camera_root", cams, root
+    cams = [_camera(p) for p in entries]
+    kinds = {"video" if c.frames is None else "frames" for c in cams}
+    return ("videos" if kinds == {"video"} else "frame_folders" if kinds == {"frames"} else "mixed"), cams, None
+
+
+def _attach_masks(cams: list[_Camera], masks) -> None:
+    """Assign explicit mask folders (list per view, or a root with one subfolder per view)."""
+    if masks is None:
+        return
+    for c in cams:
+        c.mask_dir = None
+    if masks is False:
+        return
+    if isinstance(masks, (str, Path)):
+        root = Path(masks)
+        if not root.is_dir():
+            raise ValueError(f"mask root {str(root)!r} is not a folder; pass one mask folder per view")
+        dirs = io.natural_sorted([p for p in root.iterdir() if p.is_dir()])
+    else:
+        dirs = [Path(m) for m in masks]
+    if len(dirs) != len(cams):
+        raise ValueError(f"got {len(dirs)} mask folders for {len(cams)} cameras ({masks!r}); "
+                         "give exactly one mask folder per camera, in camera order")
+    for c, d in zip(cams, dirs):
+        c.mask_dir = d
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_preprocessed(cam: _Camera, idx: list[int], hw: tuple[int, int],
+                       plan: PreprocessPlan) -> np.ndarray:
+    """Decode and preprocess frames ``idx``: float32 ``[t,H,W,3]``; mixed sizes -> ValueError."""
+    out = []
+    for k, img in enumerate(cam.iter_frames(idx)):
+        if img.shape[:2] != hw:
+            raise ValueError(
+                f"camera {cam.name!r} mixes image sizes: {cam.frame_label(idx[0])!r} is "
+                f"{hw[1]}x{hw[0]} but {cam.frame_label(idx[k])!r} is {img.shape[1]}x{img.shape[0]} "
+                "(WxH); resize all frames of one camera to the same size")
+        out.append(plan.apply_image(img))
+    return np.stack(out)
+
+
+def _load_masks(cam: _Camera, n_total: int, idx: list[int], hw: tuple[int, int],
+                plan: PreprocessPlan) -> np.ndarray:
+    files = io.list_images(cam.mask_dir)
+    if len(files) not in (cam.n, n_total):
+        raise ValueError(f"mask folder {str(cam.mask_dir)!r} has {len(files)} masks but camera "
+                         f"{cam.name!r} has {cam.n} frames; provide one mask per frame")
+    out = []
+    for i in idx:
+        m = io.read_mask(files[i])
+        if m.shape != hw:
+            raise ValueError(f"mask {str(files[i])!r} in folder {str(cam.mask_dir)!r} is "
+                             f"{m.shape[1]}x{m.shape[0]} but the frames are {hw[1]}x{hw[0]} (WxH); "
+                             "masks must have the size of their camera's frames")
+        out.append(plan.apply_mask(m))
+    return np.stack(out)
+
+
+def _load_gt(cam: _Camera, idx: list[int], hw: tuple[int, int], plan: PreprocessPlan) -> dict:
+    gt: dict[str, np.ndarray | None] = {}
+    if cam.depth:
+        ds = []
+        for i in idx:
+            d = np.load(cam.depth[i])
+            if d.shape != hw:
+                raise ValueError(f"depth {str(cam.depth[i])!r} is {d.shape} but its image is {hw}; "
+                                 "depth maps must be HxW like the image")
+            ds.append(plan.apply_depth(np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)))
+        gt["depth"] = np.stack(ds)
+    if cam.intr:
+        Ks = np.stack([np.load(cam.intr[i]).astype(np.float64)[:3, :3] for i in idx])
+        gt["intrinsic"] = plan.apply_intrinsic(Ks)
+    if cam.extr:
+        gt["extrinsic"] = np.stack([np.load(cam.extr[i]).astype(np.float32)[:3, :4] for i in idx])
+    if cam.dyn:
+        gt["dynamic_mask"] = np.stack([plan.apply_mask(io.read_mask(cam.dyn[i])) for i in idx])
+    return gt
+
+
+def _stack_gt(per_cam: list[dict], key: str) -> np.ndarray | None:
+    if not per_cam or any(g.get(key) is None for g in per_cam):
+        return None
+    return np.stack([g[key] for g in per_cam], axis=1)
+
+
+def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
+               resolution: int | None = None, mode: str = "crop",
+               frame_range: tuple[int | None, int | None] | None = None, stride: int = 1,
+               device_hint: str | None = None) -> Scene:
+    """Load and preprocess a multi-view sequence (see module doc for layouts and rules).
+
+    masks: None = auto (dump ``masks/view_N``, camera-root ``masks/<cam>``), False = none,
+    a list of per-camera mask folders, or a folder holding one subfolder per camera.
+    resolution: target size (multiple of 14); None -> ``default_resolution(device_hint)``.
+    frame_range: ``(start, stop)`` python-slice bounds over the (truncated) frame indices.
+    """
+    target = check_resolution(resolution if resolution is not None else default_resolution(device_hint))
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    layout, cams, root = _resolve(views_or_root)
+    _attach_masks(cams, masks)
+    counts = {c.name: c.n for c in cams}
+    n = min(counts.values())
+    source: dict = {"layout": layout, "root": str(root) if root else None,
+                    "cameras": {c.name: str(c.path) for c in cams}, "frame_counts": counts}
+    if len(set(counts.values())) > 1:
+        log.warning("cameras have different frame counts (%s); truncating all to the shortest: %d frames",
+                    ", ".join(f"{k}={v}" for k, v in counts.items()), n)
+        source["truncated"] = {"rule": "truncate to the shortest camera", "to": n}
+    start, stop = frame_range if frame_range is not None else (None, None)
+    idx = list(range(n))[slice(start, stop, stride)]
+    if not idx:
+        raise ValueError(f"frame_range={frame_range} with stride={stride} selects no frame of the "
+                         f"{n} available; widen the range")
+
+    sizes = [next(c.iter_frames(idx[:1])).shape[:2] for c in cams]   # first selected frame
+    final = common_size([plan_preprocess(h, w, mode, target) for h, w in sizes])
+    images, ext, gts = [], [], []
+    for c, plan, hw in zip(cams, final, sizes):
+        images.append(_read_preprocessed(c, idx, hw, plan))
+        ext.append(_load_masks(c, n, idx, hw, plan) if c.mask_dir is not None else None)
+        gts.append(_load_gt(c, idx, hw, plan))
+
+    imgs = torch.from_numpy(np.stack(images, axis=1)).permute(0, 1, 4, 2, 3).contiguous()
+    ext_masks = None
+    if any(e is not None for e in ext):
+        if any(e is None for e in ext):
+            missing = [c.name for c, e in zip(cams, ext) if e is None]
+            raise ValueError(f"masks found for some cameras but not for {missing}; give every "
+                             "camera a mask folder, or pass masks=False")
+        ext_masks = torch.from_numpy(np.stack(ext, axis=1).astype(np.float32))
+    gt = SceneGT(*[_stack_gt(gts, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")])
+    gt_src = {k: getattr(gt, k) is not None for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")}
+    if gt.dynamic_mask is None and layout == "dump" and ext_masks is not None:
+        gt.dynamic_mask = ext_masks.numpy() > 0.5
+        gt_src["dynamic_mask"] = "masks/"
+    has_gt = any(v for v in gt_src.values())
+    frame_names = [cams[0].frames[i].parent.name if layout == "dump"
+                   else (cams[0].frames[i].stem if cams[0].frames is not None else f"{i:06d}") for i in idx]
+    source.update({
+        "frame_indices": idx, "frame_range": list(frame_range) if frame_range else None, "stride": stride,
+        "masks": {c.name: str(c.mask_dir) for c in cams if c.mask_dir is not None} or None,
+        "gt": gt_src if has_gt else None,
+        "preprocess": {"mode": mode, "resolution": target, "out_hw": list(final[0].out_hw),
+                       "per_view": {c.name: p.to_dict() for c, p in zip(cams, final)},
+                       "pixel_convention": "integer coordinates are pixel centres"},
+    })
+    return Scene(images=imgs, ext_masks=ext_masks, gt=gt if has_gt else None,
+                 view_names=[c.name for c in cams], frame_names=frame_names, source=source)
+
+
+def scene_from_arrays(images: np.ndarray, *, depth: np.ndarray | None = None,
+                      intrinsic: np.ndarray | None = None, extrinsic: np.ndarray | None = None,
+                      dynamic_mask: np.ndarray | None = None, ext_masks: np.ndarray | None = None,
+                      resolution: int | None = None, mode: str = "crop",
+                      view_names: list[str] | None = None) -> Scene:
+    """In-memory arrays (e.g. a ``SyntheticScene``) -> preprocessed Scene, no disk round trip.
+
+    images ``[T,V,h,w,3]`` uint8; depth/dynamic_mask/ext_masks ``[T,V,h,w]``;
+    intrinsic ``[T,V,3,3]``; extrinsic ``[T,V,3,4]``. resolution None keeps the width
+    (rounded to a multiple of 14).
+    """
+    T, V, h, w = images.shape[:4]
+    target = check_resolution(resolution) if resolution is not None else max(14, round(w / 14) * 14)
+    plan = plan_preprocess(h, w, mode, target)
+    per = lambda a, f: None if a is None else np.stack(  # noqa: E731
+        [np.stack([f(a[t, v]) for v in range(V)]) for t in range(T)])
+    imgs = torch.from_numpy(per(images, plan.apply_image)).permute(0, 1, 4, 2, 3).contiguous()
+    gt = SceneGT(per(depth, plan.apply_depth),
+                 None if intrinsic is None else plan.apply_intrinsic(intrinsic),
+                 None if extrinsic is None else np.asarray(extrinsic, np.float32)[..., :3, :4],
+                 per(dynamic_mask, plan.apply_mask))
+    em = per(ext_masks, plan.apply_mask)
+    has_gt = any(a is not None for a in (gt.depth, gt.intrinsic, gt.extrinsic, gt.dynamic_mask))
+    return Scene(images=imgs, ext_masks=None if em is None else torch.from_numpy(em.astype(np.float32)),
+                 gt=gt if has_gt else None, view_names=view_names or [f"view{v}" for v in range(V)],
+                 frame_names=[f"time_{t:02d}" for t in range(T)],
+                 source={"layout": "arrays", "preprocess": {"mode": mode, "resolution": target,
+                                                            "out_hw": list(plan.out_hw),
+                                                            "per_view": plan.to_dict()}})
