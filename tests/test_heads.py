@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from vggt_mv.config import ModelConfig
+from vggt_mv.config import CameraHeadConfig, DPTHeadConfig, ModelConfig, TrackHeadConfig
 from vggt_mv.heads import (
     CameraHead,
     DPTHead,
@@ -18,7 +19,7 @@ from vggt_mv.heads import (
     quat_to_mat,
 )
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REF = Path(os.environ.get("VGGT_MV_REFERENCE", Path(__file__).resolve().parents[1].parent / "shared" / "reference"))
 CASE = REF / "parity" / "vggt_tiny"
 KEYS = REF / "keys" / "vggt.tsv"
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -159,3 +160,28 @@ def test_full_size_keys_on_meta() -> None:
     for prefix, head in heads.items():
         got = {k: tuple(v.shape) for k, v in head.state_dict().items()}
         assert got == _manifest(prefix), prefix
+
+
+def test_small_heads_train_backward() -> None:
+    """Randomly initialised small heads run in train mode, with finite gradients into the tokens."""
+    torch.manual_seed(0)
+    dim, b, s, h, w, p0 = 32, 1, 3, 28, 42, 5
+    tokens = torch.randn(b, s, p0 + (h // 14) * (w // 14), dim, requires_grad=True)
+    toks: list[torch.Tensor | None] = [tokens] * 4
+    images = torch.rand(b, s, 3, h, w)
+    small_dpt = dict(dim_in=dim, features=16, out_channels=[8, 16, 32, 32], intermediate_layer_idx=[0, 1, 2, 3])
+    cam = CameraHead(CameraHeadConfig(dim_in=dim, num_heads=2, trunk_depth=1))
+    dpt = DPTHead(DPTHeadConfig(output_dim=4, **small_dpt))
+    fe = DPTHeadConfig(feature_only=True, down_ratio=2, pos_embed=False, **small_dpt)
+    trk = TrackHead(TrackHeadConfig(dim_in=dim, features=16, hidden_size=16, corr_levels=2, corr_radius=1,
+                                    updateformer_depth=2, num_virtual_tracks=4, iters=2, feature_extractor=fe))
+    poses = cam(toks)
+    pts, conf = dpt(toks, images, p0)
+    query = torch.tensor([[[3.0, 4.0], [20.5, 11.0]]])
+    coords, vis, tconf = trk(toks, images, p0, query)
+    assert [x.shape for x in poses] == [(b, s, 9)] * 4
+    assert pts.shape == (b, s, h, w, 3) and conf.shape == (b, s, h, w)
+    assert len(coords) == 2 and coords[-1].shape == (b, s, 2, 2) and vis.shape == tconf.shape == (b, s, 2)
+    loss = poses[-1].sum() + pts.mean() + conf.mean() + coords[-1].sum() + vis.sum() + tconf.sum()
+    loss.backward()
+    assert tokens.grad is not None and torch.isfinite(tokens.grad).all() and tokens.grad.abs().sum() > 0

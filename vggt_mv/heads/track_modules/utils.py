@@ -8,11 +8,12 @@ import torch.nn.functional as F
 def sincos_pos_embed_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
     """Positions (any shape, M elements) -> ``[1, M, embed_dim]`` = ``[sin(p*w), cos(p*w)]``, base 10000.
 
-    Computed in float64 and returned as float32, like the reference.
+    Computed in float64 (float32 on MPS) and returned as float32, like the reference.
     """
     if embed_dim % 2:
         raise ValueError(f"embed_dim must be even, got {embed_dim}")
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device=pos.device)
+    dt = torch.float32 if pos.device.type == "mps" else torch.float64
+    omega = torch.arange(embed_dim // 2, dtype=dt, device=pos.device)
     omega /= embed_dim / 2.0
     omega = 1.0 / 10000**omega
     out = torch.einsum("m,d->md", pos.reshape(-1), omega)
