@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -174,6 +175,7 @@ def test_shipped_sample_loads():
                                      for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask"))
     assert sc.ext_masks is not None and 0.005 < float(sc.ext_masks.mean()) < 0.5
     assert (sc.gt.depth > 0).mean() > 0.9
+    json.dumps(sc.source)  # goes into run manifests
     d = load_scene(ROOT / "assets" / "sample")  # default CPU resolution
     assert d.W == default_resolution("cpu") == 252
 
@@ -286,3 +288,29 @@ def test_resize_masks_to_patches_and_resolution():
         resize_masks_to_patches(torch.zeros(20, 28))
     assert default_resolution("cuda:0") == 518 and default_resolution("cpu") == 252
     assert check_resolution(392) == 392
+
+
+def test_other_layouts_and_padding(tmp_path, syn):
+    # time_XX/viewN.png directly under the root, plus a separate GT dynamic-mask folder
+    root = tmp_path / "flat"
+    for t in range(3):
+        for v in range(3):
+            _write_png(root / f"time_{t:02d}" / f"view{v}.png", syn.images[t, v])
+            p = root / "dynamic_masks" / f"time_{t:02d}" / f"view{v}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), syn.dynamic_mask[t, v].astype(np.uint8))  # 0/1 encoding
+    sc = load_scene(root, resolution=168)
+    assert sc.source["layout"] == "dump" and sc.T == 3 and sc.ext_masks is None
+    assert sc.gt.depth is None and sc.source["gt"]["dynamic_mask"] is True
+    np.testing.assert_array_equal(sc.gt.dynamic_mask, syn.dynamic_mask[:3])
+    # view*/ root whose cameras have different aspect ratios: padded white to a common size
+    vr = tmp_path / "vroot"
+    for t in range(3):
+        _write_png(vr / "view0" / f"{t}.png", syn.images[t, 0])
+        _write_png(vr / "view1" / f"{t}.png", syn.images[t, 1][:, 20:148])   # 126x128
+    s2 = load_scene(vr, resolution=140)
+    assert s2.view_names == ["view0", "view1"] and s2.source["layout"] == "camera_root"
+    assert (s2.H, s2.W) == (140, 140)  # view1 crops to 140x140, view0 (112x140) is padded
+    assert torch.all(s2.images[:, 0, :, :14] == 1.0)
+    pad = load_scene(vr, resolution=140, mode="pad")
+    assert (pad.H, pad.W) == (140, 140)
