@@ -164,6 +164,8 @@ def test_load_dump_with_gt(tmp_path, syn):
     mem = scene_from_arrays(syn.images, depth=syn.depth, intrinsic=syn.intrinsic,
                             extrinsic=syn.extrinsic, dynamic_mask=syn.dynamic_mask, resolution=112)
     assert mem.T == 6 and mem.source["layout"] == "arrays"
+    ts = syn.to_scene(resolution=112)
+    assert torch.equal(ts.images, mem.images) and tuple(ts.ext_masks.shape) == (6, 3, 84, 112)
     np.testing.assert_allclose(mem.gt.intrinsic[2:], lo.gt.intrinsic, atol=1e-5)
     assert torch.allclose(mem.images[2:], lo.images, atol=1 / 255 + 1e-6)
 
@@ -230,6 +232,8 @@ def test_mask_folder_mismatch_names_folder(tmp_path, syn):
     cv2.imwrite(str(mdirs[1] / "005.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match=r"005\.png.*m1"):
         load_scene(cams, masks=mdirs, resolution=168)
+    with pytest.raises(ValueError, match=r"mask folder .*nomask.* does not exist"):
+        load_scene(cams, masks=[mdirs[0], tmp_path / "nomask", mdirs[2]], resolution=168)
     with pytest.raises(ValueError, match="one mask folder per camera"):
         load_scene(cams, masks=mdirs[:2], resolution=168)
     with pytest.raises(ValueError, match="multiple of 14"):

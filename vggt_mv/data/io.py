@@ -45,15 +45,15 @@ def is_video(path: str | Path) -> bool:
     return p.is_file() and p.suffix.lower() in VIDEO_EXTS
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path, what: str = "camera folder") -> list[Path]:
     """Image files of ``folder`` in natural order; other files are ignored (debug log).
 
     Raises ValueError if the folder does not exist or holds no image.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"camera folder {str(folder)!r} does not exist or is not a directory; "
-                         "pass a folder of frames or a video file")
+        hint = "pass a folder of frames or a video file" if what == "camera folder" else "check the path"
+        raise ValueError(f"{what} {str(folder)!r} does not exist or is not a directory; {hint}")
     files, skipped = [], []
     for p in folder.iterdir():
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
@@ -63,8 +63,8 @@ def list_images(folder: str | Path) -> list[Path]:
     if skipped:
         log.debug("ignoring %d non-image entries in %s: %s", len(skipped), folder, skipped[:5])
     if not files:
-        raise ValueError(f"folder {str(folder)!r} contains no images ({', '.join(IMAGE_EXTS)}); "
-                         "point it at a folder of frames, or pass a video file instead")
+        raise ValueError(f"{what} {str(folder)!r} contains no images ({', '.join(IMAGE_EXTS)}); "
+                         "point it at a folder of frames/masks (or pass a video file for a camera)")
     return natural_sorted(files)
 
 

@@ -231,7 +231,7 @@ def _read_preprocessed(cam: _Camera, idx: list[int], hw: tuple[int, int],
 
 def _load_masks(cam: _Camera, n_total: int, idx: list[int], hw: tuple[int, int],
                 plan: PreprocessPlan) -> np.ndarray:
-    files = io.list_images(cam.mask_dir)
+    files = io.list_images(cam.mask_dir, what="mask folder")
     if len(files) not in (cam.n, n_total):
         raise ValueError(f"mask folder {str(cam.mask_dir)!r} has {len(files)} masks but camera "
                          f"{cam.name!r} has {cam.n} frames; provide one mask per frame")

@@ -55,6 +55,16 @@ class SyntheticScene:
         """``(T, V, H, W)``."""
         return self.depth.shape  # type: ignore[return-value]
 
+    def to_scene(self, resolution: int | None = None, mode: str = "crop", with_masks: bool = True):
+        """Preprocessed :class:`~vggt_mv.data.scene.Scene` (GT included; dynamic mask also as
+        external mask when ``with_masks``), without a disk round trip."""
+        from .scene import scene_from_arrays
+
+        return scene_from_arrays(self.images, depth=self.depth, intrinsic=self.intrinsic,
+                                 extrinsic=self.extrinsic, dynamic_mask=self.dynamic_mask,
+                                 ext_masks=self.dynamic_mask if with_masks else None,
+                                 resolution=resolution, mode=mode)
+
 
 # ----------------------------------------------------------------------------- textures
 
