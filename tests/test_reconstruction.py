@@ -88,6 +88,10 @@ def test_confidence_percentile_keeps_exact_fraction(rec):
     for pct in (0, 25, 50, 90):
         assert r.confidence_mask("depth", percentile=pct).sum() == n - int(np.ceil(pct / 100 * (n - 1)))
     assert r.confidence_mask(threshold=1000).sum() == n - 1000
+    assert np.array_equal(r.confidence_mask(percentile=25, t=1), r.confidence_mask(percentile=25)[1])
+    assert len(r.points(1, conf_percentile=25)[0]) == r.confidence_mask(percentile=25)[1].sum()
+    with pytest.raises(ValueError):
+        r.confidence_mask(percentile=120)
     both = r.confidence_mask("points", percentile=50, threshold=5000)
     assert both.sum() == n - 5000 and both.dtype == bool and both.shape == rec.depth.shape
 

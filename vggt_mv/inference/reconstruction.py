@@ -71,7 +71,7 @@ class Reconstruction:
     view_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     gt: dict[str, Any] | None = None
-    _cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -131,6 +131,12 @@ class Reconstruction:
         if tuple(arr.shape) != tuple(shape):
             raise ValueError(f"{name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
 
+    def __repr__(self) -> str:
+        t, v, h, w = self.depth.shape
+        gt = "None" if self.gt is None else sorted(self.gt)
+        return (f"Reconstruction(T={t}, V={v}, H={h}, W={w}, views={self.view_names}, "
+                f"dynamic_mask={self.dynamic_mask is not None}, gt={gt}, meta_keys={sorted(self.meta)})")
+
     # ------------------------------------------------------------------ shape helpers
     @property
     def num_timesteps(self) -> int:
@@ -167,13 +173,36 @@ class Reconstruction:
             return self.world_points, self.world_points_conf
         raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
 
+    def _valid(self, source: Source, t: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(valid bool, conf)`` for all timesteps ``[T,V,H,W]`` or one timestep ``[V,H,W]``."""
+        points, conf = self._source(source)
+        depth = self.depth
+        if t is not None:
+            points, conf, depth = points[t], conf[t], depth[t]
+        valid = np.isfinite(conf) & np.all(np.isfinite(points), axis=-1)
+        if source == "depth":
+            valid &= np.isfinite(depth) & (depth > 0)
+        return valid, conf
+
+    def percentile_threshold(self, source: Source, percentile: float) -> float:
+        """Confidence at ``percentile`` (0-100) of the valid confidences of the whole sequence
+        (cached, so per-timestep queries agree and a viewer slider stays cheap)."""
+        if not 0.0 <= percentile <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+        key = f"percentile:{source}:{float(percentile)!r}"
+        if key not in self._cache:
+            valid, conf = self._valid(source)
+            self._cache[key] = np.percentile(conf[valid], percentile) if valid.any() else -np.inf
+        return self._cache[key]
+
     def confidence_mask(
         self,
         source: Source = "depth",
         percentile: float | None = None,
         threshold: float | None = None,
+        t: int | None = None,
     ) -> np.ndarray:
-        """Boolean keep-mask ``[T,V,H,W]``.
+        """Boolean keep-mask ``[T,V,H,W]`` (``[V,H,W]`` for a single timestep ``t``).
 
         Always drops non-finite points / confidences (and zero or negative depth for
         ``source="depth"``). ``percentile`` (0-100, VGGT style) keeps pixels whose confidence is
@@ -181,14 +210,9 @@ class Reconstruction:
         fraction is ``1 - percentile/100`` up to ties; ``threshold`` keeps ``conf >= threshold``.
         Both may be combined (logical and).
         """
-        points, conf = self._source(source)
-        valid = np.isfinite(conf) & np.all(np.isfinite(points), axis=-1)
-        if source == "depth":
-            valid &= np.isfinite(self.depth) & (self.depth > 0)
-        if percentile is not None and valid.any():
-            if not 0.0 <= percentile <= 100.0:
-                raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-            valid &= conf >= np.percentile(conf[valid], percentile)
+        valid, conf = self._valid(source, t)
+        if percentile is not None:
+            valid &= conf >= self.percentile_threshold(source, percentile)
         if threshold is not None:
             valid &= conf >= threshold
         return valid
@@ -229,13 +253,33 @@ class Reconstruction:
         else:
             sel[t_idx, v_idx] = True
         keep &= sel[:, :, None, None]
-        if dynamic == "static" and self.dynamic_mask is not None:
-            keep &= self.dynamic_mask < dynamic_threshold
-        elif dynamic == "dynamic":
-            keep &= (self.dynamic_mask >= dynamic_threshold) if self.dynamic_mask is not None else False
-        elif dynamic not in ("all", "static", "dynamic"):
+        return self._apply_dynamic(keep, self.dynamic_mask, dynamic, dynamic_threshold)
+
+    @staticmethod
+    def _apply_dynamic(keep: np.ndarray, mask: np.ndarray | None, dynamic: str, threshold: float) -> np.ndarray:
+        if dynamic not in ("all", "static", "dynamic"):
             raise ValueError(f"dynamic must be 'all', 'static' or 'dynamic', got {dynamic!r}")
+        if dynamic == "static" and mask is not None:
+            keep &= mask < threshold
+        elif dynamic == "dynamic":
+            keep &= (mask >= threshold) if mask is not None else False
         return keep
+
+    def _select_timestep(
+        self, t: int, views: Sequence[int] | None, source: Source, conf_percentile: float | None,
+        conf_threshold: float | None, dynamic: str = "all", dynamic_threshold: float = 0.5,
+    ) -> np.ndarray:
+        """``select`` restricted to one timestep: bool ``[V,H,W]`` (touches only that timestep)."""
+        if not -self.num_timesteps <= t < self.num_timesteps:
+            raise IndexError(f"timestep {t} out of range for T={self.num_timesteps}")
+        t = t % self.num_timesteps
+        keep = self.confidence_mask(source, conf_percentile, conf_threshold, t=t)
+        if views is not None:
+            sel = np.zeros(self.num_views, dtype=bool)
+            sel[np.asarray(list(views), dtype=int)] = True
+            keep &= sel[:, None, None]
+        mask = None if self.dynamic_mask is None else self.dynamic_mask[t]
+        return self._apply_dynamic(keep, mask, dynamic, dynamic_threshold)
 
     def gather(
         self, keep: np.ndarray, source: Source = "depth", color_by: ColorBy = "image", t: int | None = None
@@ -263,10 +307,8 @@ class Reconstruction:
 
         Returns ``(xyz [N,3] float32, rgb [N,3] uint8)``; see ``confidence_mask`` for filters.
         """
-        if not -self.num_timesteps <= t < self.num_timesteps:
-            raise IndexError(f"timestep {t} out of range for T={self.num_timesteps}")
-        keep = self.select(t % self.num_timesteps, views, source, conf_percentile, conf_threshold)
-        return self.gather(keep, source, color_by)
+        keep = self._select_timestep(t, views, source, conf_percentile, conf_threshold)
+        return self.gather(keep, source, color_by, t=t % self.num_timesteps)
 
     def static_background(
         self,
@@ -301,8 +343,8 @@ class Reconstruction:
         color_by: ColorBy = "image",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Dynamic pixels (``dynamic_mask >= dynamic_threshold``) of timestep ``t`` (empty if no mask)."""
-        keep = self.select(t, views, source, conf_percentile, conf_threshold, "dynamic", dynamic_threshold)
-        return self.gather(keep, source, color_by)
+        keep = self._select_timestep(t, views, source, conf_percentile, conf_threshold, "dynamic", dynamic_threshold)
+        return self.gather(keep, source, color_by, t=t % self.num_timesteps)
 
     @staticmethod
     def clean(
@@ -328,13 +370,14 @@ class Reconstruction:
         return np.median(pts, axis=0).astype(np.float32)
 
     def scene_scale(self) -> float:
-        """Robust scene extent (> 0): twice the 90th-percentile distance of valid points and
-        camera centres from ``scene_center()``; 1.0 for an empty scene."""
-        pts = np.concatenate([self._sample_valid_points(), self.camera_centers().reshape(-1, 3)], axis=0)
-        center = self.scene_center()
-        dist = np.linalg.norm(pts - center, axis=1)
-        scale = float(2.0 * np.percentile(dist, 90)) if len(dist) else 0.0
-        return scale if np.isfinite(scale) and scale > 1e-8 else 1.0
+        """Robust scene extent (> 0, cached): twice the 90th-percentile distance of valid points
+        and camera centres from ``scene_center()``; 1.0 for an empty scene."""
+        if "scene_scale" not in self._cache:
+            pts = np.concatenate([self._sample_valid_points(), self.camera_centers().reshape(-1, 3)], axis=0)
+            dist = np.linalg.norm(pts - self.scene_center(), axis=1)
+            scale = float(2.0 * np.percentile(dist, 90)) if len(dist) else 0.0
+            self._cache["scene_scale"] = scale if np.isfinite(scale) and scale > 1e-8 else 1.0
+        return self._cache["scene_scale"]
 
     def _sample_valid_points(self, max_points: int = 200_000) -> np.ndarray:
         keep = self.confidence_mask("depth")
