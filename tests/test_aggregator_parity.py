@@ -69,7 +69,7 @@ def test_fin10_mask_terms():
     with torch.no_grad():
         out = agg.run(images[:, :, None], five_d=True)
         m = out.dynamic_mask[:, :, 0]
-        z = out.mask_logit[:, :, 0] * head.tau()
+        z = out.mask_logit[:, :, 0]
     torch.testing.assert_close(z, exp["mask_logit"], **TOL)
     torch.testing.assert_close(torch.sigmoid(-z / head.tau()), exp["mask_suppress"], **TOL)
     # the head's key bias c_j = -0.5 * m_j on patch keys, 0 on the 5 special keys of each frame

@@ -8,7 +8,7 @@ and return a logit per patch. ``m`` is the probability that a patch is **dynamic
   m = sigmoid(s * a_f * z' + b_f * M_ext).  With s = -1, PAGE's bias +alpha*(sigmoid(z') - 0.5)
   equals -alpha*(m - 0.5).
 * ``fin10`` (the researcher's checkpoint_150.pt): raw tokens -> dwconv3 -> GELU -> dwconv3 -> GELU
-  -> conv1x1(C->1) = z; alpha = softplus(alpha_logit)+1e-6, tau = max(softplus(tau_logit)+1e-6, 1e-3);
+  -> conv1x1(C->1) = z (the logit); alpha = softplus(alpha_logit)+1e-6, tau = max(softplus(tau_logit)+1e-6, 1e-3);
   m = clamp(alpha * sigmoid(s * a_f * z/tau + b_f * M_ext), 0, 1)  (s = -1 gives the head's
   ``suppress = sigmoid(-z/tau)``; its key bias -0.5*m is lambda_pose = 0.5 with c0 = 0).
 
@@ -66,16 +66,12 @@ class Fin10MaskHead(nn.Module):
     def tau(self) -> torch.Tensor:
         return (F.softplus(self.tau_logit) + 1e-6).clamp_min(1e-3)
 
-    def raw_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's z ``[N, h, w]`` (fixture ``mask_logit``)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[N, C, h, w]`` -> the head's logit z ``[N, h, w]`` (fixture ``mask_logit``)."""
         return self.head0(x)[:, 0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[N, C, h, w]`` -> z / tau ``[N, h, w]``."""
-        return self.raw_logit(x) / self.tau()
-
     def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None):
-        z = sign * feature_gain * logit
+        z = sign * feature_gain * logit / self.tau()
         if external is not None:
             z = z + external_gain * external
         return (self.alpha() * torch.sigmoid(z)).clamp(0.0, 1.0)

@@ -1,0 +1,157 @@
+"""``load_model``: build a ``VGGTMV`` and fill it from Pi3 / VGGT / PAGE-4D files; ``save_merged``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vggt_mv.config import ModelConfig
+from vggt_mv.weights.formats import CheckpointFile, open_checkpoint
+from vggt_mv.weights.mapping import Recipe, build_plan
+from vggt_mv.weights.report import LoadReport
+
+
+def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape of the model a config builds (on the meta device: no memory)."""
+    from vggt_mv.model.vggt_mv import VGGTMV
+
+    with torch.device("meta"):
+        model = VGGTMV(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def required_modules(cfg: ModelConfig) -> list[str]:
+    req = ["aggregator.patch_embed", "aggregator.frame_blocks", "aggregator.global_blocks", "aggregator.special_tokens"]
+    req += [h for h, on in (("camera_head", cfg.enable_camera), ("depth_head", cfg.enable_depth),
+                            ("point_head", cfg.enable_point), ("track_head", cfg.enable_track)) if on]
+    if cfg.mask.enabled:
+        req.append("aggregator.spatial_mask_head")
+    return req
+
+
+def plan_files(
+    cfg: ModelConfig, checkpoint: CheckpointFile | None, pi3: CheckpointFile | None, recipe: Recipe = "seed"
+) -> tuple[dict, LoadReport, object]:
+    target = model_shapes(cfg)
+    ck = {k: s for k, (s, _) in checkpoint.keys.items()} if checkpoint else None
+    pi = {k: s for k, (s, _) in pi3.keys.items()} if pi3 else None
+    fork = min(cfg.mask.bias_layers) if cfg.mask.enabled and cfg.mask.mode == "streams" else None
+    plan = build_plan(target, ck, pi, recipe=recipe, mask_head=cfg.mask.head if cfg.mask.enabled else None,
+                      fork_layer=fork)
+    sources = {n: s for n, s in (("checkpoint", ck), ("pi3", pi)) if s is not None}
+    files = {n: f.describe() for n, f in (("checkpoint", checkpoint), ("pi3", pi3)) if f is not None}
+    return target, LoadReport.from_plan(plan, target, sources, files, recipe), plan
+
+
+def _transform(t: torch.Tensor, transform: str | None) -> torch.Tensor:
+    if transform is None:
+        return t
+    if transform == "pi3_camera":
+        return t[:, :, 0:1].unsqueeze(1).expand(-1, 2, -1, -1, -1).reshape(t.shape[0], 2, 1, t.shape[-1])
+    lo, hi = (1, 5) if transform == "pi3_registers_1_5" else (0, 4)
+    return t[:, :, lo:hi].expand(-1, 2, -1, -1)
+    # [1,1,5,C] -> slots [1,2,*,C]: the same tokens for the reference and the other images
+
+
+def load_model(
+    cfg: ModelConfig | str,
+    checkpoint: str | os.PathLike | None = None,
+    pi3: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    recipe: Recipe = "seed",
+):
+    """Build ``VGGTMV(cfg)`` and load weights. Returns ``(model.eval(), LoadReport)``.
+
+    The model is allocated once on ``device``; source tensors are read one at a time and cast into
+    their parameters, so peak memory is about one model plus one tensor.
+    """
+    from vggt_mv.model.vggt_mv import VGGTMV
+
+    if isinstance(cfg, str):
+        cfg = ModelConfig.preset(cfg)
+    cfg.validate()
+    ck = open_checkpoint(checkpoint, expect="vggt", role="checkpoint") if checkpoint else None
+    pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
+    try:
+        target, report, plan = plan_files(cfg, ck, pi, recipe)
+        with torch.device(device):
+            model = VGGTMV(cfg)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        files = {"checkpoint": ck, "pi3": pi}
+        state = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for tgt, a in plan.assignments.items():
+                src_file = files[a.source]
+                src = src_file.get(a.source_key)
+                value = _transform(src, a.transform)
+                dst = state[tgt]
+                if tuple(value.shape) != tuple(dst.shape):  # guarded by the plan; a transform bug lands here
+                    raise RuntimeError(f"internal: {a} gives {tuple(value.shape)} for {tgt} {tuple(dst.shape)}")
+                dst.copy_(value)
+                src_file.release(src)
+    finally:
+        for f in (ck, pi):
+            if f is not None:
+                f.close()
+    model.aggregator.copy_stream_blocks() if not any(
+        k.startswith("aggregator.pose_") for k in plan.assignments) else None
+    model.eval()
+    model.load_report = report
+    model.weights_identity = weights_identity(checkpoint, pi3)
+    return model, report
+
+
+def weights_identity(checkpoint=None, pi3=None) -> str:
+    """A short, stable identity of the weight files (path, size, mtime), or 'random init'."""
+    parts = []
+    for role, p in (("checkpoint", checkpoint), ("pi3", pi3)):
+        if p:
+            st = Path(p).stat()
+            parts.append(f"{role}={Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}")
+    if not parts:
+        return "random init"
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16] + " (" + ", ".join(parts) + ")"
+
+
+def save_merged(model, path: str | os.PathLike, report: LoadReport | None = None) -> Path:
+    """Write the model as one ``.safetensors`` (config + provenance in the header) and a ``.json`` manifest.
+
+    Both files are written to temporary names and renamed, so a failure leaves nothing half-written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: merged weights are written as .safetensors; use a path ending in .safetensors")
+    report = report or getattr(model, "load_report", None)
+    provenance = report.provenance if report else {}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": "pt",
+        "vggt_mv_config": model.config.to_json(),
+        "vggt_mv_provenance": json.dumps(provenance),
+    }
+    manifest = {
+        "config": model.config.to_dict(),
+        "provenance": provenance,
+        "report": json.loads(report.to_json()) if report else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")[1])
+    tmp_json = Path(tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")[1])
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp_json.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, path)
+        os.replace(tmp_json, path.with_suffix(".json"))
+    finally:
+        for t in (tmp, tmp_json):
+            if t.exists():
+                t.unlink()
+    return path
