@@ -176,5 +176,8 @@ def test_evaluate_synthetic_perfect_and_perturbed():
     mb = evaluate(bad)
     assert mb["depth"]["abs_rel_dynamic"] == pytest.approx(0.1, rel=1e-4) and mb["depth"]["abs_rel_static"] < 1e-6
     assert mb["points_depth"]["chamfer"] > 1e-3 and mb["points_head"]["chamfer"] < 1e-5
+    gt4 = dict(rec.gt, extrinsic=np.concatenate([rec.gt["extrinsic"], np.broadcast_to([0, 0, 0, 1.0], (3, 3, 1, 4))], 2))
+    r4 = Reconstruction(rec.images, rec.depth, rec.depth_conf, None, None, rec.extrinsic, rec.intrinsic, gt=gt4)
+    assert evaluate(r4)["camera"]["AUC@30"] == 1.0
     no_gt = Reconstruction(rec.images, rec.depth, None, None, None, rec.extrinsic, rec.intrinsic)
     assert evaluate(no_gt) == {}

@@ -81,7 +81,8 @@ def evaluate(
         split = gt_mask if gt_mask is not None else rec.dynamic_mask
         out["depth"] = depth_metrics(rec.depth, gt_depth, dynamic_mask=split)
     if gt_ext is not None:
-        gt_ext = np.asarray(gt_ext, np.float64).reshape(rec.extrinsic.shape)
+        gt_ext = np.asarray(gt_ext, np.float64)[..., :3, :]  # also accepts 4x4 matrices
+        gt_ext = gt_ext.reshape(rec.extrinsic.shape)
         out["camera"] = camera_metrics(rec.extrinsic.reshape(-1, 3, 4), gt_ext.reshape(-1, 3, 4))
         if gt_depth is not None and gt_intr is not None:
             gt_intr = np.asarray(gt_intr, np.float64).reshape(rec.intrinsic.shape)

@@ -82,7 +82,9 @@ def save_reconstruction(
     Point exports (PLY / GLB) use ``source`` and the confidence filters of
     ``Reconstruction.points``; ``max_points_per_timestep`` randomly subsamples (seeded).
     COLMAP ``points3D.txt`` holds up to ``colmap_max_points`` static points above the
-    ``colmap_conf_percentile`` confidence percentile. Returns the output path.
+    ``colmap_conf_percentile`` confidence percentile. ``rec.meta`` is stored as JSON in
+    ``manifest.json`` (tuples become lists, numpy values Python values, other objects their
+    ``repr``). An existing ``out_dir`` is replaced as a whole. Returns the output path.
     """
     out_dir = Path(out_dir)
     height, width = rec.image_size
