@@ -349,10 +349,10 @@ class Reconstruction:
     @staticmethod
     def clean(
         points: np.ndarray,
-        colors: np.ndarray | None = None,
         voxel_size: float | None = None,
         nb_neighbors: int = 20,
         std_ratio: float = 2.0,
+        colors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Optional voxel downsampling, then open3d statistical outlier removal.
 
