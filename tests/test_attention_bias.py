@@ -139,3 +139,30 @@ def test_aggregator_bias_rows_and_keys():
     agg2 = Aggregator(cfg2)
     agg2.mask_bias.set(lambda_pose_t=1.0)
     assert agg2._row_weight("main", 11, "frame", ref) is None
+
+
+def _sdpa_kernels(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+FLASH_CPU = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.xfail(strict=True, reason=(
+    "vggt_mv/layers/attention.py attend(): the bias channels widen q/k to D+K but v stays D and is only "
+    "padded when q.is_cuda, so on CPU SDPA rejects the flash kernel and falls back to "
+    "_scaled_dot_product_attention_math, which materialises the N x N weights (measured: N=8000, 4 heads: "
+    "13x slower, +2.2 GB). Fix: pad v to q's width on every device (and slice [..., :d])."))
+def test_bias_keeps_fused_cpu_kernel(with_mask):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=g) for _ in range(3))
+    key_mask = (torch.rand(1, 64, generator=g) > 0.3) if with_mask else None
+    if FLASH_CPU not in _sdpa_kernels(lambda: attend(q, k, v, None, key_mask)):
+        pytest.skip("this torch build has no fused CPU SDPA kernel")
+    bias = LowRankBias(torch.randn(1, 64, 1, generator=g), torch.randn(1, 64, 1, generator=g))
+    assert FLASH_CPU in _sdpa_kernels(lambda: attend(q, k, v, bias, key_mask))
