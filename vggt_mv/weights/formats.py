@@ -178,10 +178,17 @@ def open_checkpoint(path: str | Path, expect: Kind | None = None, role: str = "c
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as e:
+            text = str(e)
+            needs_code = [ln.strip() for ln in text.splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+            if not needs_code:
+                raise CheckpointError(
+                    f"{path}: cannot read as a torch checkpoint ({text.splitlines()[-1][:200]}); the file is "
+                    "truncated or corrupt, or not a checkpoint"
+                ) from None
             raise CheckpointError(
-                f"{path}: refusing to unpickle: the file needs code to load (weights_only=True rejected it: "
-                f"{str(e).splitlines()[0]}). Re-save it as a plain state_dict in a trusted environment, "
-                "e.g. torch.save(torch.load(p, weights_only=False)['model'], 'clean.pt')"
+                f"{path}: refusing to unpickle: the file needs code to load ({needs_code[0][:200]}), and "
+                "checkpoints are read with weights_only=True. Re-save it as a plain state_dict in a trusted "
+                "environment, e.g. torch.save(torch.load(p, weights_only=False)['model'], 'clean.pt')"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise CheckpointError(

@@ -75,20 +75,17 @@ class LoadReport:
             provenance[tgt] = f"{a.source}:{a.source_key}" + (f" ({a.transform})" if a and a.transform else "") if a else "init"
         rows = [ReportRow(mod, src, _ranges(g[0]), g[1], g[2]) for (mod, src), g in groups.items()]
         totals = {}
-        skipped_by_source: dict[str, int] = defaultdict(int)
-        documented: dict[str, int] = defaultdict(int)
-        for s in plan.skipped:
-            skipped_by_source[s.source] += 1
-            if s.reason.startswith(("collision", "ignored", "superseded", "head disabled", "mask head in checkpoint")):
-                documented[s.source] += 1
+        rule = ("collision", "ignored", "superseded", "head disabled", "mask head in checkpoint")
         for name, keys in sources.items():
             used = {a.source_key for a in plan.assignments.values() if a.source == name}
+            skipped = {s.key for s in plan.skipped if s.source == name and s.key not in used}
+            by_rule = {s.key for s in plan.skipped if s.source == name and s.key not in used and s.reason.startswith(rule)}
             totals[name] = {
                 "tensors_in_file": len(keys),
                 "used": len(used),
-                "skipped": skipped_by_source[name],
-                "skipped_documented": documented[name],
-                "unexpectedly_unused": len(keys) - len(used) - documented[name],
+                "skipped": len(skipped),
+                "skipped_documented": len(by_rule),
+                "unexpectedly_unused": len(keys) - len(used) - len(by_rule),
             }
         return cls(rows, [s.__dict__ for s in plan.skipped], dict(plan.left_at_init), files, totals,
                    plan.mask_variant, recipe, provenance)
