@@ -1,0 +1,139 @@
+"""``vggt-mv reconstruct``: load a scene, build/load the model, reconstruct window by window, save.
+
+Examples::
+
+    vggt-mv reconstruct --views cam0 cam1 cam2 --preset tiny --resolution 84 --out out/
+    vggt-mv reconstruct --scene assets/sample --checkpoint page4d.pt --pi3 model.safetensors \\
+        --window 8 --overlap 2 --lambda-pose 0.5 --out out/
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+log = logging.getLogger("vggt_mv.inference")
+
+__all__ = ["register", "run_reconstruct"]
+
+
+def _frames(text: str | None) -> tuple[int | None, int | None] | None:
+    if not text:
+        return None
+    try:
+        a, b = text.split(":")
+        return (int(a) if a else None, int(b) if b else None)
+    except ValueError:
+        raise ValueError(f"--frames must look like START:STOP (either may be empty), got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``reconstruct`` subcommand to the ``vggt-mv`` parser."""
+    p = sub.add_parser("reconstruct", help="reconstruct a multi-view sequence and save it",
+                       description="Reconstruct a multi-view, multi-timestep sequence (temporal windows "
+                                   "aligned by Sim(3)) and write npz / PLY / GLB / cameras.json / COLMAP.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--views", nargs="+", metavar="DIR", help="one folder of frames (or video) per camera")
+    src.add_argument("--scene", metavar="ROOT", help="a scene root (cam*/ folders or time_XX/viewN.png dump)")
+    p.add_argument("--masks", nargs="+", metavar="DIR", help="external dynamic-mask folders (one per camera, "
+                   "or one folder holding a subfolder per camera); default: auto-detect")
+    p.add_argument("--no-masks", action="store_true", help="ignore external masks even if present")
+    p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, "
+                   "vggt_mv, tiny (default: vggt_mv with --pi3, vggt with --checkpoint, else tiny)")
+    p.add_argument("--config", help="a model_config.json instead of a preset")
+    p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors (local path)")
+    p.add_argument("--pi3", help="Pi3 model.safetensors (local path)")
+    p.add_argument("--recipe", default="seed", choices=["seed", "checkpoint_first"])
+    p.add_argument("--window", type=int, default=8, help="timesteps per model call (default 8)")
+    p.add_argument("--overlap", type=int, default=2, help="timesteps shared by consecutive windows (default 2)")
+    p.add_argument("--layout", choices=["flat", "factorized"], default=None, help="default: the preset's")
+    p.add_argument("--resolution", type=int, default=None, help="target width, multiple of 14 "
+                   "(default 518 on CUDA, 252 on CPU)")
+    p.add_argument("--mode", choices=["crop", "pad"], default="crop", help="VGGT preprocessing mode")
+    p.add_argument("--frames", default=None, metavar="START:STOP", help="frame range (python slice bounds)")
+    p.add_argument("--stride", type=int, default=1, help="take every N-th frame")
+    for name in ("pose", "geo", "pose-t", "geo-t"):
+        p.add_argument(f"--lambda-{name}", type=float, default=None, dest=f"lambda_{name.replace('-', '_')}",
+                       help=f"mask-bias lambda_{name.replace('-', '_')} (default: the preset's)")
+    p.add_argument("--sparse", choices=["none", "landmark", "dilated", "memory_bank"], default=None,
+                   help="sparse Global-SA strategy (default: the preset's)")
+    p.add_argument("--conf-landmarks", action="store_true",
+                   help="landmark strategy: rank anchors by a first pass's confidence")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="autocast dtype on CUDA: auto (bf16), bf16, fp16, fp32")
+    p.add_argument("--out", default="reconstruction", help="output folder (replaced if it exists)")
+    p.add_argument("--conf-percentile", type=float, default=None, help="drop points below this confidence "
+                   "percentile in the PLY/GLB exports")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_reconstruct)
+
+
+def _build_config(args: argparse.Namespace):
+    from vggt_mv.config import ModelConfig
+
+    if args.config:
+        cfg = ModelConfig.from_json(args.config)
+    else:
+        preset = args.preset or ("vggt_mv" if args.pi3 else "vggt" if args.checkpoint else "tiny")
+        cfg = ModelConfig.preset(preset)
+    if args.sparse is not None:
+        cfg.sparse.strategy = args.sparse
+    return cfg.validate()
+
+
+def _load_model(cfg, args: argparse.Namespace, device: str):
+    from vggt_mv.weights import load_model
+
+    if not (args.checkpoint or args.pi3):
+        log.warning("no --checkpoint / --pi3 given: the %r model runs with RANDOM weights (useful for "
+                    "smoke tests only)", cfg.name)
+    model, report = load_model(cfg, checkpoint=args.checkpoint, pi3=args.pi3, device=device,
+                               recipe=args.recipe)
+    if args.checkpoint or args.pi3:
+        log.info("weights loaded:\n%s", report)
+    return model
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    """Entry point of ``vggt-mv reconstruct`` (returns the exit status)."""
+    from vggt_mv.data.scene import load_scene
+    from vggt_mv.inference.device import select_device
+    from vggt_mv.inference.pipeline import reconstruct
+
+    device = select_device(args.device)
+    masks = False if args.no_masks else (args.masks[0] if args.masks and len(args.masks) == 1 else args.masks)
+    t0 = time.perf_counter()
+    scene = load_scene(args.views if args.views else args.scene, masks=masks, resolution=args.resolution,
+                       mode=args.mode, frame_range=_frames(args.frames), stride=args.stride,
+                       device_hint=device.type)
+    log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
+             ", ".join(scene.view_names))
+    cfg = _build_config(args)
+    model = _load_model(cfg, args, str(device))
+    lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
+    if any(v is not None for v in lambdas.values()):
+        model.set_lambdas(**lambdas)
+
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, desc="reconstruct", unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]{postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        if bar is not None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(message, refresh=True)
+
+    try:
+        rec = reconstruct(scene, model, window=args.window, overlap=args.overlap, layout=args.layout,
+                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks)
+    finally:
+        if bar is not None:
+            bar.close()
+    rec.meta["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
+    out = rec.save(args.out, conf_percentile=args.conf_percentile)
+    log.info("wrote %s (%d timesteps x %d views, %.1fs total)", out, rec.num_timesteps, rec.num_views,
+             time.perf_counter() - t0)
+    print(out)
+    return 0

@@ -1,0 +1,261 @@
+"""``reconstruct``: a loaded ``Scene`` + a ``VGGTMV`` model -> a stitched ``Reconstruction``.
+
+The sequence is cut into temporal windows (``vggt_mv.inference.windows``: each timestep written
+once, by the earliest window containing it); each window is one model call on
+``[1, Tw, V, 3, H, W]`` whose outputs are moved to CPU numpy before the next window runs (device
+memory is bounded by one window), aligned to the stitched result by Sim(3) and written into the
+``[T, V, ...]`` result. With a ``PipelineCache`` each window's aggregator state at the first
+λ/sparse-affected layer is stored, and a re-run that changed only λ / sparse settings resumes
+there (``vggt_mv.inference.cache`` documents the key rule).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vggt_mv.inference.cache import PipelineCache, weights_fingerprint, window_key
+from vggt_mv.inference.device import autocast_context, select_autocast_dtype, select_device
+from vggt_mv.inference.geometry import unproject_depth
+from vggt_mv.inference.reconstruction import Reconstruction
+from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, plan_windows
+
+log = logging.getLogger("vggt_mv.inference")
+
+__all__ = ["reconstruct", "Cancelled", "predict_window", "outputs_to_prediction"]
+
+ProgressFn = Callable[[float, str], Any]
+CancelLike = Callable[[], bool] | threading.Event | None
+
+
+class Cancelled(RuntimeError):
+    """Raised by ``reconstruct`` when its ``cancel`` signal is set (checked between windows)."""
+
+
+def _is_cancelled(cancel: CancelLike) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    if callable(cancel):
+        return bool(cancel())
+    raise TypeError(f"cancel must be a callable or a threading.Event, got {type(cancel).__name__}")
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("vggt-mv")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _patch_scores(conf: torch.Tensor, patch: int) -> torch.Tensor:
+    """Pixel confidence ``[B,T,V,H,W]`` -> per-patch mean ``[B,T,V,h*w]`` (landmark anchor scores)."""
+    b, t, v, h, w = conf.shape
+    pooled = F.avg_pool2d(conf.float().reshape(b * t * v, 1, h, w), patch)
+    return pooled.reshape(b, t, v, -1)
+
+
+def outputs_to_prediction(out: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> WindowPrediction:
+    """Model outputs of one window (batch 1, ``[1,Tw,V,...]``) -> CPU numpy ``WindowPrediction``.
+
+    The patch-grid ``dynamic_mask [1,Tw,V,h,w]`` is upsampled bilinearly to ``[Tw,V,H,W]``. A model
+    without a point head gets world points unprojected from depth (and vice versa: depth = z of the
+    world points in each camera).
+    """
+    if "extrinsic" not in out:
+        raise ValueError("the model has no camera head (enable_camera=False); reconstruct needs cameras")
+    if "depth" not in out and "world_points" not in out:
+        raise ValueError("the model has neither a depth nor a point head; reconstruct needs one of them")
+
+    def np32(x: torch.Tensor) -> np.ndarray:
+        return x[0].detach().float().cpu().numpy()
+
+    ext, intr = np32(out["extrinsic"]), np32(out["intrinsic"])
+    depth = np32(out["depth"])[..., 0] if "depth" in out else None
+    dconf = np32(out["depth_conf"]) if "depth_conf" in out else None
+    pts = np32(out["world_points"]) if "world_points" in out else None
+    pconf = np32(out["world_points_conf"]) if "world_points_conf" in out else None
+    if pts is None:
+        pts, pconf = unproject_depth(depth, intr, ext).astype(np.float32), dconf
+    if depth is None:
+        cam = np.einsum("tvij,tvhwj->tvhwi", ext[..., :3], pts) + ext[:, :, None, None, :, 3]
+        depth, dconf = cam[..., 2].astype(np.float32), pconf
+    ones = np.ones_like(depth)
+    mask = None
+    if "dynamic_mask" in out:
+        m = out["dynamic_mask"][0].detach().float()
+        tw, v, h, w = m.shape
+        mask = F.interpolate(m.reshape(tw * v, 1, h, w), size=image_hw, mode="bilinear", align_corners=False)
+        mask = mask.clamp(0, 1).reshape(tw, v, *image_hw).cpu().numpy()
+    return WindowPrediction(depth=depth, depth_conf=ones if dconf is None else dconf, world_points=pts,
+                            world_points_conf=ones if pconf is None else pconf, extrinsic=ext, intrinsic=intr,
+                            dynamic_mask=mask)
+
+
+def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torch.Tensor | None, *,
+                   layout: str, device: torch.device, autocast_dtype: torch.dtype | None,
+                   cache: PipelineCache | None = None, conf_landmarks: bool = False) -> tuple[dict, dict]:
+    """One window through the model: images ``[1,Tw,V,3,H,W]``, ext_masks ``[1,Tw,V,H,W]`` or None.
+
+    Returns ``(outputs, info)``; info says whether the cache was hit. With a cache, a hit resumes
+    from the stored ``AggregatorState`` (no encoder / early layers), a miss runs fully and stores
+    the snapshot at ``first_affected_layer()``. ``conf_landmarks`` (``landmark`` sparse strategy
+    only) passes the window's patch-grid confidence from a previous run as anchor scores: the
+    cached one if any, else from a first pass of this call (resumed from its own snapshot).
+    """
+    agg = model.aggregator
+    layer = agg.first_affected_layer()
+    use_lm = conf_landmarks and model.config.sparse.strategy == "landmark"
+    patch = model.config.patch_size
+    info: dict[str, Any] = {"cache": "off", "landmark_scores": "none"}
+    key = None
+    entry = None
+    with autocast_context(device, autocast_dtype):
+        if cache is not None:
+            key = window_key(model, images, ext_masks, layout=layout, device=device, autocast_dtype=autocast_dtype)
+            entry = cache.get(key, device)
+            info["cache"] = "hit" if entry is not None else "miss"
+        if entry is not None:
+            scores = entry.landmark_scores if use_lm else None
+            info["landmark_scores"] = "previous run (cached)" if scores is not None else "none"
+            out = model(images, ext_masks, layout=layout, resume=entry.state, landmark_scores=scores)
+        else:
+            want_snapshot = cache is not None or use_lm
+            try:
+                out = model(images, ext_masks, layout=layout, snapshot_at=layer if want_snapshot else None,
+                            return_aggregator=want_snapshot)
+            except TypeError as e:  # a model whose snapshot support is broken: run uncached, say so
+                if not want_snapshot:
+                    raise
+                log.warning("aggregator snapshot failed (%s); running this window without cache/landmarks", e)
+                info["cache"], want_snapshot, use_lm, cache = f"unavailable: {e}", False, False, None
+                out = model(images, ext_masks, layout=layout)
+            snap = out.pop("_aggregator").snapshot if want_snapshot else None
+            scores = None
+            if use_lm and snap is not None and "depth_conf" in out:
+                scores = _patch_scores(out["depth_conf"], patch)
+                out = model(images, ext_masks, layout=layout, resume=snap, landmark_scores=scores)
+                info["landmark_scores"] = "first pass of this run"
+            if cache is not None and snap is not None:
+                cache.put(key, snap, model, scores)
+    if cache is not None and key is not None and "depth_conf" in out:
+        cache.set_landmark_scores(key, _patch_scores(out["depth_conf"], patch))
+    return out, info
+
+
+def reconstruct(
+    scene: Any,
+    model: torch.nn.Module,
+    *,
+    window: int = 8,
+    overlap: int = 2,
+    layout: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelLike = None,
+    cache: PipelineCache | None = None,
+    conf_landmarks: bool = False,
+) -> Reconstruction:
+    """Reconstruct ``scene`` (``images [T,V,3,H,W]`` in [0,1]) window by window -> ``Reconstruction``.
+
+    window / overlap: timesteps per model call and timesteps shared with the previous window
+      (only used for alignment; the earlier window's values are kept).
+    layout: ``flat`` / ``factorized`` (default: the model config's); one view always runs 5-D.
+    device: ``None``/``"auto"`` = CUDA if available else CPU (the model is moved there).
+    dtype: autocast dtype on CUDA (default bf16, else fp16); ignored on CPU, which runs float32.
+    progress: ``progress(fraction in [0,1], message)`` after each window.
+    cancel: a ``threading.Event`` or callable returning True; checked before each window, raises
+      ``Cancelled``.
+    cache: a ``PipelineCache`` reused across calls (λ / sparse re-runs skip the upstream layers).
+    conf_landmarks: with the ``landmark`` sparse strategy, rank anchors by a previous run's confidence.
+
+    The result's ``meta`` holds the run manifest (scene source, config, weights identity, λ,
+    layout, windows with their Sim(3), cache hits, timings, versions).
+    """
+    t_start = time.perf_counter()
+    images = scene.images
+    if images.dim() != 5 or images.shape[2] != 3:
+        raise ValueError(f"scene.images must be [T,V,3,H,W], got {tuple(images.shape)}")
+    T, V, _, H, W = images.shape
+    layout = layout or model.config.layout
+    if layout not in ("flat", "factorized"):
+        raise ValueError(f"layout must be 'flat' or 'factorized', got {layout!r}")
+    dev = select_device(device)
+    amp = select_autocast_dtype(dev, dtype)
+    plans: list[WindowPlan] = plan_windows(T, window, overlap)
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device != dev:
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    stitcher = Stitcher(T)
+    win_meta: list[dict] = []
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(float(fraction), message)
+
+    report(0.0, f"{len(plans)} window(s) of {plans[0].length} timestep(s) x {V} view(s) on {dev.type}")
+    try:
+        with torch.inference_mode():
+            for plan in plans:
+                if _is_cancelled(cancel):
+                    raise Cancelled(f"reconstruction cancelled before window {plan.index + 1}/{len(plans)}")
+                t0 = time.perf_counter()
+                imgs = images[plan.start:plan.stop][None].to(dev, torch.float32)
+                masks = None if scene.ext_masks is None else scene.ext_masks[plan.start:plan.stop][None].to(dev, torch.float32)
+                out, info = predict_window(model, imgs, masks, layout=layout, device=dev, autocast_dtype=amp,
+                                           cache=cache, conf_landmarks=conf_landmarks)
+                t1 = time.perf_counter()
+                pred = outputs_to_prediction(out, (H, W))
+                del out, imgs, masks
+                stitcher.add(plan, pred)
+                win_meta.append({**stitcher.info[-1], **info, "model_s": t1 - t0, "total_s": time.perf_counter() - t0})
+                report((plan.index + 1) / len(plans),
+                       f"window {plan.index + 1}/{len(plans)} (t={plan.start}..{plan.stop - 1}, cache {info['cache']})")
+    finally:
+        model.train(was_training)
+
+    res = stitcher.result()
+    imgs_u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    gt = None
+    if getattr(scene, "gt", None) is not None:
+        gt = {k: getattr(scene.gt, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")
+              if getattr(scene.gt, k, None) is not None} or None
+    cfg = model.config
+    meta = {
+        "manifest": "vggt-mv reconstruct run",
+        "scene": {"source": dict(getattr(scene, "source", {}) or {}), "shape_TVHW": [T, V, H, W],
+                  "view_names": list(getattr(scene, "view_names", []) or []),
+                  "frame_names": list(getattr(scene, "frame_names", []) or [])},
+        "preset": cfg.name,
+        "config": cfg.to_dict(),
+        "weights": getattr(model, "weights_identity", None) or "random init",
+        "lambdas": model.lambdas(),
+        "sparse": {"strategy": cfg.sparse.strategy, "layers": list(cfg.sparse.layers)},
+        "layout": layout if V > 1 else "flat (single view: 5-D path)",
+        "window": window, "overlap": overlap,
+        "windows": win_meta,
+        "device": str(dev), "autocast_dtype": str(amp) if amp is not None else "float32 (no autocast)",
+        "conf_landmarks": conf_landmarks,
+        "timings": {"total_s": time.perf_counter() - t_start,
+                    "model_s": sum(w["model_s"] for w in win_meta)},
+        "versions": {"torch": torch.__version__, "vggt_mv": _package_version()},
+    }
+    if cache is not None:
+        meta["cache"] = {**cache.stats(), "weights_fingerprint": weights_fingerprint(model),
+                         "first_affected_layer": model.aggregator.first_affected_layer()}
+    rec = Reconstruction(images=imgs_u8, depth=res.depth, depth_conf=res.depth_conf, world_points=res.world_points,
+                         world_points_conf=res.world_points_conf, extrinsic=res.extrinsic, intrinsic=res.intrinsic,
+                         dynamic_mask=res.dynamic_mask, view_names=list(getattr(scene, "view_names", []) or []) or None,
+                         meta=meta, gt=gt)
+    report(1.0, f"done in {meta['timings']['total_s']:.1f}s")
+    return rec
