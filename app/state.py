@@ -1,0 +1,408 @@
+"""Per-session state of the viewer, the shared model cache, and the run function.
+
+Per-tab isolation
+-----------------
+Every Gradio session (browser tab) gets its own ``SessionState`` (held in a ``gr.State``, so
+Gradio keys it by session) and **its own viser server** on its own port; the tab's iframe
+points at that port. We chose one viser server per session over one server with per-client
+scenes because viser client handles are ephemeral and anonymous: a client handle lives for one
+websocket connection (an iframe reload is a new client with a new id) and carries nothing that
+ties it to a Gradio session, so a shared server would need a side channel to map "this iframe"
+to "that tab" and would lose the scene on every reload. With a server per session the mapping
+is the URL itself, the scene is server-scoped (a reloaded iframe gets the full scene replayed),
+and two tabs cannot touch each other's nodes or GUI. Cost: one port and one asyncio thread per
+open tab; servers are stopped when Gradio drops the session (``gr.State`` ``delete_callback`` /
+``demo.unload``) and at most ``SessionRegistry.max_sessions`` are kept (oldest evicted).
+
+Models are cached process-wide (loading the 1B model twice would double memory) and shared
+between sessions; the per-run settings (λs, sparse strategy, layout) are applied and the model
+run under one global lock, so concurrent tabs cannot see each other's settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vggt_mv.inference.reconstruction import Reconstruction
+
+from .compare import Comparison, align_reconstruction, compare
+
+log = logging.getLogger("vggt_mv.app")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "assets" / "sample"
+WEIGHTS_DIR = REPO_ROOT / "assets" / "weights"
+PRESETS = ("tiny", "vggt_mv", "vggt", "page4d", "page4d_mask", "page4d_fin10")
+STRATEGIES = ("none", "landmark", "dilated", "memory_bank")
+LAYOUTS = ("auto", "factorized", "flat")
+RESOLUTIONS = (112, 168, 224, 280, 336, 392, 518)
+
+RUN_LOCK = threading.Lock()
+_MODEL_CACHE: dict[tuple, tuple[Any, str]] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+class UserError(ValueError):
+    """A problem with the user's input; its message is shown in the page as-is."""
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+class CancelToken(threading.Event):
+    """An Event that is also a zero-argument callable returning whether it is set."""
+
+    def __call__(self) -> bool:
+        return self.is_set()
+
+
+# ---------------------------------------------------------------------------- run parameters
+@dataclass
+class RunParams:
+    views: list[str] = field(default_factory=lambda: [str(SAMPLE_DIR)])
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    pi3: str | None = None
+    device: str = "cpu"
+    resolution: int = 224
+    window: int = 8
+    overlap: int = 2
+    lambda_pose: float = 0.0
+    lambda_geo: float = 0.0
+    lambda_pose_t: float = 0.0
+    lambda_geo_t: float = 0.0
+    strategy: str = "none"
+    layout: str = "auto"
+    frame_start: int = 0
+    frame_stop: int = 0       # 0 = to the end
+    stride: int = 1
+
+
+def parse_views(text: str) -> list[str]:
+    """One camera (folder or video) per line, or a single scene root. Validates existence."""
+    lines = [ln.strip().strip('"').strip("'") for ln in (text or "").replace(",", "\n").splitlines()]
+    paths = [ln for ln in lines if ln]
+    if not paths:
+        raise UserError("No scene given: enter one camera folder (or video) per line, or a scene root "
+                        f"such as {SAMPLE_DIR}.")
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            raise UserError(f"Path not found on the server: {p!r}. Paths are read on the machine running "
+                            "vggt-mv-app; give one camera folder/video per line, or a scene root "
+                            f"(e.g. {SAMPLE_DIR}).")
+    return [str(Path(p).expanduser()) for p in paths]
+
+
+def lambda_bound(preset: str) -> float:
+    from vggt_mv.config import ModelConfig
+
+    cfg = ModelConfig.preset(preset)
+    return float(cfg.mask.lambda_bound) if cfg.mask.enabled else 0.0
+
+
+def demo_weights(preset: str) -> Path | None:
+    """Bundled demo weights for ``preset`` in ``assets/weights/`` (``<preset>*.safetensors|.pt``)."""
+    if not WEIGHTS_DIR.is_dir():
+        return None
+    for ext in ("safetensors", "pt"):
+        hits = sorted(WEIGHTS_DIR.glob(f"{preset}*.{ext}"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    device = (device or "cpu").strip()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"Device {device!r} requested but no CUDA GPU is visible to torch; choose 'cpu'.")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("Device 'mps' requested but not available; choose 'cpu'.")
+    return device
+
+
+def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
+              strategy: str) -> tuple[Any, str]:
+    """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens)."""
+    from vggt_mv.config import ModelConfig
+
+    for label, path in (("checkpoint", checkpoint), ("Pi3 weights", pi3)):
+        if path and not Path(path).expanduser().is_file():
+            raise UserError(f"{label} file not found: {path!r} (give a local .pt / .safetensors path)")
+    bank = strategy == "memory_bank"
+    auto = None if (checkpoint or pi3) else demo_weights(preset)
+    key = (preset, checkpoint, pi3, device, bank, str(auto))
+    with _MODEL_LOCK:
+        if key in _MODEL_CACHE:
+            return _MODEL_CACHE[key]
+        cfg = ModelConfig.preset(preset)
+        if bank:
+            cfg.sparse.strategy = "memory_bank"
+            cfg.validate()
+        ckpt = checkpoint or (str(auto) if auto else None)
+        try:
+            from vggt_mv.weights import load_model  # type: ignore[attr-defined]
+        except ImportError:
+            load_model = None
+        if load_model is not None:
+            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device)
+            if ckpt or pi3:
+                names = ", ".join(Path(p).name for p in (ckpt, pi3) if p)
+                banner = f"weights: {names} ({'bundled demo weights' if auto else 'user files'})"
+                summary = getattr(report, "summary", None)
+                if callable(summary):
+                    try:
+                        banner += f" — {summary()}"
+                    except Exception:  # noqa: BLE001 - the banner must not fail the run
+                        pass
+            else:
+                banner = f"random {preset} weights: geometry is not meaningful"
+        else:
+            if ckpt or pi3:
+                raise UserError("this build has no weights loader (vggt_mv.weights.load_model is missing); "
+                                "run without --checkpoint/--pi3 or update vggt_mv")
+            from vggt_mv.model.vggt_mv import VGGTMV
+
+            model = VGGTMV(cfg).to(device).eval()
+            banner = (f"random {preset} weights: geometry is not meaningful "
+                      "(vggt_mv.weights.load_model not available; model built directly)")
+        if bank:
+            banner += " · memory_bank: model rebuilt with fresh (untrained) memory tokens"
+        model.eval()
+        _MODEL_CACHE[key] = (model, banner)
+        return model, banner
+
+
+_CACHE: list[Any] = []
+
+
+def _pipeline_cache() -> Any:
+    """One process-wide ``PipelineCache`` (keys are content hashes, so sharing across tabs is safe)."""
+    if not _CACHE:
+        try:
+            from vggt_mv.inference.cache import PipelineCache
+        except ImportError:
+            return None
+        _CACHE.append(PipelineCache(max_bytes=1 << 30))
+    return _CACHE[0]
+
+
+def _gt_dict(scene: Any) -> dict | None:
+    gt = getattr(scene, "gt", None)
+    if gt is None:
+        return None
+    out = {k: getattr(gt, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")
+           if getattr(gt, k, None) is not None}
+    return out or None
+
+
+def _direct_reconstruct(scene: Any, model: Any, layout: str | None, device: str,
+                        cancel: CancelToken) -> Reconstruction:
+    """Fallback while ``vggt_mv.inference.pipeline`` is missing: one forward pass over all frames."""
+    import torch
+
+    images = scene.images[None].to(device)
+    masks = None if scene.ext_masks is None else scene.ext_masks[None].to(device)
+    with torch.no_grad():
+        out = model(images, ext_masks=masks, layout=layout)
+    if cancel.is_set():
+        raise Cancelled()
+    get = lambda k: None if k not in out else out[k][0].float().cpu().numpy()  # noqa: E731
+    return Reconstruction(
+        images=scene.images.numpy(), depth=get("depth"), depth_conf=get("depth_conf"),
+        world_points=get("world_points"), world_points_conf=get("world_points_conf"),
+        extrinsic=get("extrinsic"), intrinsic=get("intrinsic"), dynamic_mask=get("dynamic_mask"),
+        view_names=list(scene.view_names), meta={"runner": "app fallback (single pass)"}, gt=_gt_dict(scene))
+
+
+def run_reconstruction(params: RunParams, progress: Callable[[float, str], None] | None = None,
+                       cancel: CancelToken | None = None) -> tuple[Reconstruction, dict[str, Any]]:
+    """Load the scene, configure the (cached) model and reconstruct. Raises ``UserError`` for bad input."""
+    from vggt_mv.data.scene import load_scene
+
+    cancel = cancel or CancelToken()
+    report = progress or (lambda frac, msg: None)
+    t0 = time.time()
+    if params.preset not in PRESETS:
+        raise UserError(f"unknown preset {params.preset!r}; choose one of {', '.join(PRESETS)}")
+    if params.strategy not in STRATEGIES:
+        raise UserError(f"unknown sparse strategy {params.strategy!r}")
+    if params.resolution % 14:
+        raise UserError(f"resolution must be a multiple of 14, got {params.resolution}")
+    device = resolve_device(params.device)
+    report(0.02, "loading scene")
+    views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
+    stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
+    try:
+        scene = load_scene(views, resolution=int(params.resolution),
+                           frame_range=(int(params.frame_start) or None, stop), stride=max(1, int(params.stride)))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"could not load the scene from {', '.join(params.views)}: {exc}") from exc
+    if scene.T < 1:
+        raise UserError("the frame range selects no frames; widen start/stop or lower the stride")
+    if cancel.is_set():
+        raise Cancelled()
+    report(0.1, "loading model")
+    model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy)
+    notes: list[str] = []
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    with RUN_LOCK:
+        bound = float(model.config.mask.lambda_bound) if model.config.mask.enabled else 0.0
+        lam = dict(lambda_pose=params.lambda_pose, lambda_geo=params.lambda_geo,
+                   lambda_pose_t=params.lambda_pose_t, lambda_geo_t=params.lambda_geo_t)
+        if model.config.mask.enabled:
+            clipped = {k: float(np.clip(v, -bound, bound)) for k, v in lam.items()}
+            if clipped != {k: float(v) for k, v in lam.items()}:
+                notes.append(f"λ clamped to ±{bound:g} (bound of preset {params.preset})")
+            model.set_lambdas(**clipped)
+        elif any(lam.values()):
+            notes.append(f"preset {params.preset} has no mask head: λ sliders have no effect")
+        model.config.sparse.strategy = params.strategy
+        report(0.15, "reconstructing")
+        try:
+            from vggt_mv.inference.pipeline import reconstruct  # type: ignore[import-not-found]
+        except ImportError:
+            reconstruct = None
+
+        def prog(*args: Any, **kwargs: Any) -> None:
+            frac = next((a for a in args if isinstance(a, (int, float))), None)
+            if isinstance(frac, (int, float)) and len(args) >= 2 and isinstance(args[1], (int, float)) and args[1]:
+                frac = frac / args[1]  # (done, total)
+            msg = kwargs.get("desc") or next((a for a in args if isinstance(a, str)), "reconstructing")
+            if cancel.is_set():
+                raise Cancelled()
+            report(0.15 + 0.8 * float(np.clip(frac if frac is not None else 0.5, 0, 1)), str(msg))
+
+        if reconstruct is not None:
+            from vggt_mv.inference import pipeline as _pl
+
+            cache = _pipeline_cache()
+            hits0 = getattr(cache, "hits", 0)
+            try:
+                rec = reconstruct(scene, model, window=int(params.window), overlap=int(params.overlap),
+                                  layout=layout, device=device, progress=prog, cancel=cancel,
+                                  cache=cache)
+            except getattr(_pl, "Cancelled", Cancelled) as exc:
+                raise Cancelled() from exc
+            hits = getattr(cache, "hits", 0) - hits0
+            if hits:
+                notes.append(f"reused cached upstream layers for {hits} window(s)")
+        else:
+            notes.append("vggt_mv.inference.pipeline not available yet: one forward pass over all frames")
+            rec = _direct_reconstruct(scene, model, layout, device, cancel)
+    if cancel.is_set():
+        raise Cancelled()
+    if rec.gt is None:
+        rec.gt = _gt_dict(scene)
+    info = {"banner": banner, "notes": notes, "seconds": time.time() - t0, "T": scene.T, "V": scene.V,
+            "H": scene.H, "W": scene.W, "device": device, "layout": layout or "preset default"}
+    report(1.0, "done")
+    return rec, info
+
+
+# ---------------------------------------------------------------------------- sessions
+class SessionState:
+    """Everything one browser tab owns: its viser server + scene, current and previous run."""
+
+    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, start_viewer: bool = True) -> None:
+        self.id = uuid.uuid4().hex[:10]
+        self.created = time.time()
+        self.host = host
+        self.rec: Reconstruction | None = None
+        self.prev: Reconstruction | None = None
+        self.comparison: Comparison | None = None
+        self.info: dict[str, Any] = {}
+        self.params: RunParams | None = None
+        self.cancel = CancelToken()
+        self.export_dir: Path | None = None
+        self.lock = threading.Lock()
+        self.server: Any = None
+        self.view: Any = None
+        self.closed = False
+        if start_viewer:
+            self.start_viewer(viser_port)
+
+    def start_viewer(self, port: int) -> None:
+        import viser
+
+        from .scene_view import SceneView
+
+        self.server = viser.ViserServer(host=self.host, port=port, label=f"vggt-mv {self.id}", verbose=False)
+        self.server.gui.configure_theme(dark_mode=False, show_logo=False)
+        self.view = SceneView(self.server)
+
+    @property
+    def viser_port(self) -> int | None:
+        return None if self.server is None else int(self.server.get_port())
+
+    def set_result(self, rec: Reconstruction, info: dict[str, Any], ab: bool = True,
+                   conf_percentile: float | None = None) -> None:
+        """Install a new run; the previous one becomes the (Sim(3)-aligned) ghost in A/B mode."""
+        with self.lock:
+            self.prev, self.rec, self.info = self.rec, rec, info
+            self.comparison = None
+            ghost = None
+            if ab and self.prev is not None:
+                self.comparison = compare(self.prev, rec)
+                ghost = align_reconstruction(self.prev, self.comparison.sim3)
+            self.export_dir = None
+            if self.view is not None:
+                self.view.build(rec, ghost=ghost, conf_percentile=conf_percentile)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.cancel.set()
+        if self.view is not None:
+            self.view.close()
+        if self.server is not None:
+            try:
+                self.server.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        self.rec = self.prev = None
+
+
+class SessionRegistry:
+    """Creates / tracks / stops per-session viewers; evicts the oldest beyond ``max_sessions``."""
+
+    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, max_sessions: int = 16) -> None:
+        self.host, self.viser_port, self.max_sessions = host, viser_port, max_sessions
+        self.sessions: dict[str, SessionState] = {}
+        self._lock = threading.Lock()
+
+    def new(self) -> SessionState:
+        with self._lock:
+            while len(self.sessions) >= self.max_sessions:
+                oldest = min(self.sessions.values(), key=lambda s: s.created)
+                log.info("evicting session %s (max %d)", oldest.id, self.max_sessions)
+                self.sessions.pop(oldest.id).close()
+            sess = SessionState(self.host, self.viser_port)
+            self.sessions[sess.id] = sess
+            return sess
+
+    def drop(self, sess: SessionState | None) -> None:
+        if sess is None:
+            return
+        with self._lock:
+            self.sessions.pop(sess.id, None)
+        sess.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for s in sessions:
+            s.close()

@@ -1,0 +1,289 @@
+"""The Gradio page: inputs, λ / sparse controls, run + cancel, status, embedded viser scene,
+per-view galleries, metrics, A/B deltas and exports. Per-tab state lives in ``state.py``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .state import (
+    LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
+    SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
+)
+
+log = logging.getLogger("vggt_mv.app")
+
+CSS = """
+#title h1 {margin-bottom: 0; font-size: 1.6em;}
+#title p {margin-top: 2px; color: var(--body-text-color-subdued);}
+#banner {border-radius: 8px; padding: 6px 12px; background: #fff4e0; border: 1px solid #f0b85a;}
+#banner.ok {background: #e9f7ef; border-color: #58b37b;}
+#banner p {margin: 0; font-weight: 600;}
+#status {min-height: 2.2em; padding: 4px 10px; border-radius: 8px; background: var(--block-background-fill);}
+#viser-box iframe {width: 100%; height: 620px; border: 1px solid var(--border-color-primary); border-radius: 10px;
+                   background: #f4f5f7;}
+#viser-box .hint {font-size: 0.85em; color: var(--body-text-color-subdued); margin: 2px 4px;}
+.lam input[type=number] {max-width: 5em;}
+"""
+
+VISER_HTML = """
+<div id="viser-box">
+  <iframe id="viser-frame" title="viser 3D scene" allow="fullscreen"></iframe>
+  <div class="hint">3D scene (viser). Drag to orbit, right-drag to pan, scroll to zoom; timeline, point size,
+  colouring, views, up-axis and the A/B ghost are in the panel at the top right.
+  <a id="viser-link" href="#" target="_blank" rel="noopener">Open in a new tab</a></div>
+</div>
+"""
+
+# Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN).
+IFRAME_JS = """
+(port) => {
+  if (!port) { return port; }
+  const url = window.location.protocol + '//' + window.location.hostname + ':' + String(port).trim() + '/';
+  const frame = document.getElementById('viser-frame');
+  if (frame && frame.getAttribute('src') !== url) { frame.setAttribute('src', url); }
+  const link = document.getElementById('viser-link');
+  if (link) { link.href = url; }
+  return port;
+}
+"""
+
+
+def _initial_banner(preset: str, checkpoint: str | None, pi3: str | None) -> str:
+    if checkpoint or pi3:
+        names = ", ".join(Path(p).name for p in (checkpoint, pi3) if p)
+        return f"weights: {names} (loaded on first run)"
+    demo = demo_weights(preset)
+    if demo is not None:
+        return f"bundled demo weights: {demo.name} ({preset} preset)"
+    return f"random {preset} weights: geometry is not meaningful"
+
+
+def colorize_depth(depth: np.ndarray) -> np.ndarray:
+    """``[H,W]`` depth -> turbo-coloured ``[H,W,3] uint8`` (2-98 percentile stretch, invalid black)."""
+    import cv2
+
+    valid = np.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        return np.zeros(depth.shape + (3,), np.uint8)
+    lo, hi = np.percentile(depth[valid], [2, 98])
+    norm = np.nan_to_num(np.clip((depth - lo) / max(hi - lo, 1e-8), 0, 1), nan=0.0)
+    rgb = cv2.applyColorMap((255 * (1 - norm)).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
+    rgb = np.where(valid[..., None], rgb, 0)
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def gallery_items(rec: Any, t: int) -> tuple[list, list, list]:
+    """Per-view ``(image, caption)`` lists for timestep ``t``: images, depth, mask overlay."""
+    from .scene_view import tint_mask
+
+    t = int(np.clip(t, 0, rec.num_timesteps - 1))
+    imgs, depths, masks = [], [], []
+    for v, name in enumerate(rec.view_names):
+        imgs.append((rec.images[t, v], f"{name} · t={t}"))
+        depths.append((colorize_depth(rec.depth[t, v]), f"{name} depth"))
+        if rec.dynamic_mask is not None:
+            masks.append((tint_mask(rec.images[t, v], rec.dynamic_mask[t, v]),
+                          f"{name} dynamic {100 * float((rec.dynamic_mask[t, v] >= 0.5).mean()):.0f}%"))
+    return imgs, depths, masks
+
+
+def metrics_rows(rec: Any) -> list[list[str]]:
+    if not rec.gt:
+        return []
+    from vggt_mv.eval import evaluate, flatten_metrics
+
+    flat = flatten_metrics(evaluate(rec))
+    return [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in flat.items()]
+
+
+def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autorun: bool = False):
+    import gradio as gr
+
+    d = defaults or RunParams()
+    bound = lambda_bound(d.preset) or 1.0
+    theme = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+
+    with gr.Blocks(title="vggt-mv viewer") as demo:
+        state = gr.State(None, delete_callback=registry.drop)
+        port_box = gr.Textbox(visible="hidden", elem_id="viser-port")
+        gr.Markdown("# vggt-mv viewer\nMulti-view, multi-timestep 4D reconstruction · dual-stream mask bias "
+                    "(λ_pose / λ_geo) · sparse global attention", elem_id="title")
+        banner = gr.Markdown(_initial_banner(d.preset, d.checkpoint, d.pi3), elem_id="banner")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=340):
+                views = gr.Textbox("\n".join(d.views), label="Scene (server-side paths)", lines=3,
+                                   info="one camera folder / video per line, or one scene root",
+                                   elem_id="views")
+                with gr.Row():
+                    preset = gr.Dropdown(list(PRESETS), value=d.preset, label="preset", elem_id="preset")
+                    device = gr.Dropdown(["cpu", "cuda", "auto"], value=d.device, label="device",
+                                         allow_custom_value=True)
+                with gr.Row():
+                    resolution = gr.Dropdown(list(RESOLUTIONS), value=d.resolution, label="resolution (width)",
+                                             allow_custom_value=True, elem_id="resolution")
+                    window = gr.Number(d.window, label="window", precision=0, minimum=1)
+                    overlap = gr.Number(d.overlap, label="overlap", precision=0, minimum=0)
+                with gr.Accordion("weights", open=bool(d.checkpoint or d.pi3)):
+                    checkpoint = gr.Textbox(d.checkpoint or "", label="checkpoint (.pt / .safetensors)")
+                    pi3 = gr.Textbox(d.pi3 or "", label="Pi3 model.safetensors")
+                with gr.Accordion("frames", open=False):
+                    with gr.Row():
+                        f_start = gr.Number(d.frame_start, label="start", precision=0, minimum=0)
+                        f_stop = gr.Number(d.frame_stop, label="stop (0 = end)", precision=0, minimum=0)
+                        stride = gr.Number(d.stride, label="stride", precision=0, minimum=1)
+                gr.Markdown("**Dual-stream mask bias** (±bound of the preset)")
+                lam_pose = gr.Slider(-bound, bound, d.lambda_pose, step=0.05, label="λ_pose (view)", elem_classes="lam")
+                lam_geo = gr.Slider(-bound, bound, d.lambda_geo, step=0.05, label="λ_geo (view)", elem_classes="lam")
+                lam_pose_t = gr.Slider(-bound, bound, d.lambda_pose_t, step=0.05, label="λ_pose_t (time)", elem_classes="lam")
+                lam_geo_t = gr.Slider(-bound, bound, d.lambda_geo_t, step=0.05, label="λ_geo_t (time)", elem_classes="lam")
+                with gr.Row():
+                    strategy = gr.Dropdown(list(STRATEGIES), value=d.strategy, label="sparse strategy")
+                    layout = gr.Dropdown(list(LAYOUTS), value=d.layout, label="layout")
+                ab = gr.Checkbox(True, label="A/B: keep the previous run as a ghost")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                status = gr.Markdown("Ready. Press **Run**.", elem_id="status")
+            with gr.Column(scale=3):
+                gr.HTML(VISER_HTML, padding=False)
+                with gr.Row():
+                    conf = gr.Slider(0, 95, 20, step=1, label="confidence percentile (filter, no re-run)",
+                                     elem_id="conf")
+                    color_by = gr.Radio(["image", "mask"], value="image", label="colour points by")
+                with gr.Tabs():
+                    with gr.Tab("Views"):
+                        t_gallery = gr.Slider(0, 1, 0, step=1, label="timestep")
+                        g_img = gr.Gallery(label="images", columns=4, height=200, elem_id="g-img")
+                        g_depth = gr.Gallery(label="depth", columns=4, height=200)
+                        g_mask = gr.Gallery(label="dynamic mask", columns=4, height=200)
+                    with gr.Tab("Metrics"):
+                        metrics = gr.Dataframe(headers=["metric", "value"], label="vs ground truth",
+                                               interactive=False, wrap=True)
+                    with gr.Tab("A/B"):
+                        ab_md = gr.Markdown("Run twice (e.g. change λ) to compare the previous run (ghost, "
+                                            "orange) with the current one, Sim(3)-aligned.")
+                        ab_table = gr.Dataframe(headers=["quantity", "value", "rel. to scene size"],
+                                                interactive=False, wrap=True)
+                    with gr.Tab("Export"):
+                        with gr.Row():
+                            b_npz = gr.Button("NPZ")
+                            b_ply = gr.Button("PLY (zip, per timestep)")
+                            b_glb = gr.Button("GLB")
+                        export_file = gr.File(label="download", interactive=False)
+                        export_msg = gr.Markdown("")
+
+        # ------------------------------------------------------------ callbacks
+        def init_session(sess: SessionState | None):
+            if sess is None or sess.closed:
+                sess = registry.new()
+            return sess, str(sess.viser_port)
+
+        def on_preset(p: str):
+            b = lambda_bound(p)
+            upd = gr.update(minimum=-b, maximum=b, interactive=b > 0)
+            return upd, upd, upd, upd, _initial_banner(p, None, None)
+
+        def do_run(sess, views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
+                   fs, fe, st, lp, lg, lpt, lgt, strat, lay, ab_v, conf_v, progress=gr.Progress()):
+            keep = gr.update()
+            if sess is None:
+                return ("⚠️ Session not ready yet — reload the page.",) + (keep,) * 9
+            sess.cancel.clear()
+            try:
+                params = RunParams(
+                    views=parse_views(views_text), preset=preset_v, checkpoint=(ckpt_v or "").strip() or None,
+                    pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
+                    window=int(window_v or 8), overlap=int(overlap_v or 0), lambda_pose=lp, lambda_geo=lg,
+                    lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
+                    frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1))
+                rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel)
+                progress(0.97, desc="uploading scene")
+                sess.params = params
+                sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
+            except UserError as exc:
+                return (f"❌ **Input problem:** {exc}",) + (keep,) * 9
+            except Cancelled:
+                return ("⏹️ Cancelled.",) + (keep,) * 9
+            except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
+                log.error("run failed:\n%s", traceback.format_exc())
+                return (f"❌ **Run failed:** `{type(exc).__name__}: {exc}` (details in the server log)",) + (keep,) * 9
+            imgs, depths, masks = gallery_items(rec, 0)
+            notes = "".join(f"<br>· {n}" for n in info["notes"])
+            msg = (f"✅ **Done** in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
+                   f"{info['H']}×{info['W']} on {info['device']}, layout {info['layout']}, "
+                   f"λ=({params.lambda_pose:g}, {params.lambda_geo:g}, {params.lambda_pose_t:g}, "
+                   f"{params.lambda_geo_t:g}), sparse {params.strategy}{notes}")
+            comp = sess.comparison
+            ab_text = ("Previous run shown as an orange ghost, Sim(3)-aligned to this run."
+                       if comp is not None else "First run: nothing to compare yet.")
+            rows = metrics_rows(rec)
+            return (msg, f"{info['banner']}", imgs, depths, masks,
+                    gr.update(maximum=max(rec.num_timesteps - 1, 1), value=0),
+                    rows if rows else [["(no ground truth)", ""]],
+                    comp.rows() if comp is not None else [], ab_text, None)
+
+        def do_cancel(sess):
+            if sess is not None:
+                sess.cancel.set()
+            return "⏹️ Cancelling after the current step…"
+
+        def on_t(sess, t):
+            if sess is None or sess.rec is None:
+                return gr.update(), gr.update(), gr.update()
+            if sess.view is not None:
+                sess.view.set_timestep(int(t))
+            return gallery_items(sess.rec, int(t))
+
+        def on_conf(sess, p):
+            if sess is not None and sess.view is not None:
+                sess.view.set_conf_percentile(float(p))
+
+        def on_color(sess, mode):
+            if sess is not None and sess.view is not None:
+                sess.view.set_color_by(mode)
+
+        def do_export(sess, kind, conf_v):
+            if sess is None or sess.rec is None:
+                return None, "Run a reconstruction first."
+            try:
+                if sess.export_dir is None or not sess.export_dir.exists():
+                    out = Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_")) / "reconstruction"
+                    sess.rec.save(out, conf_percentile=float(conf_v) or None, colmap_images=False)
+                    sess.export_dir = out
+                out = sess.export_dir
+                if kind == "npz":
+                    path = out / "reconstruction.npz"
+                elif kind == "glb":
+                    path = out / "scene.glb"
+                else:
+                    path = Path(shutil.make_archive(str(out.parent / "points_ply"), "zip", out / "points"))
+                return str(path), f"Saved under `{out}` (also cameras.json, COLMAP text, manifest)."
+            except Exception as exc:  # noqa: BLE001
+                log.error("export failed:\n%s", traceback.format_exc())
+                return None, f"❌ export failed: `{type(exc).__name__}: {exc}`"
+
+        run_inputs = [state, views, preset, device, resolution, window, overlap, checkpoint, pi3, f_start,
+                      f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, ab, conf]
+        run_outputs = [status, banner, g_img, g_depth, g_mask, t_gallery, metrics, ab_table, ab_md, export_file]
+        load_evt = demo.load(init_session, inputs=[state], outputs=[state, port_box])
+        load_evt = load_evt.then(None, inputs=[port_box], outputs=[port_box], js=IFRAME_JS)
+        if autorun:
+            load_evt.then(do_run, inputs=run_inputs, outputs=run_outputs)
+        preset.change(on_preset, inputs=[preset], outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner])
+        run_btn.click(do_run, inputs=run_inputs, outputs=run_outputs, concurrency_limit=None)
+        cancel_btn.click(do_cancel, inputs=[state], outputs=[status], queue=False)
+        t_gallery.change(on_t, inputs=[state, t_gallery], outputs=[g_img, g_depth, g_mask], show_progress="hidden")
+        conf.release(on_conf, inputs=[state, conf], show_progress="hidden")
+        color_by.change(on_color, inputs=[state, color_by], show_progress="hidden")
+        b_npz.click(lambda s, c: do_export(s, "npz", c), inputs=[state, conf], outputs=[export_file, export_msg])
+        b_ply.click(lambda s, c: do_export(s, "ply", c), inputs=[state, conf], outputs=[export_file, export_msg])
+        b_glb.click(lambda s, c: do_export(s, "glb", c), inputs=[state, conf], outputs=[export_file, export_msg])
+    demo._vggt_theme, demo._vggt_css = theme, CSS
+    return demo

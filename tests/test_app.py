@@ -1,0 +1,254 @@
+"""Viewer app (no browser): A/B comparison, scene building, per-session state, CLI helpers."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("viser")
+pytest.importorskip("gradio")
+
+from vggt_mv.eval.alignment import apply_sim3  # noqa: E402
+from vggt_mv.eval.synthetic import make_synthetic_reconstruction  # noqa: E402
+from vggt_mv.inference.reconstruction import Reconstruction  # noqa: E402
+from vggt_mv_app import compare as cmp  # noqa: E402
+from vggt_mv_app.main import build_parser, defaults_from_args, free_port  # noqa: E402
+from vggt_mv_app.scene_view import SceneView, frustum_fov_aspect, frustum_pose  # noqa: E402
+from vggt_mv_app.state import (  # noqa: E402
+    SAMPLE_DIR, RunParams, SessionRegistry, SessionState, UserError, parse_views, run_reconstruction,
+)
+
+
+def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = np.radians(deg)
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def _moved(rec: Reconstruction, s: float, rot: np.ndarray, trans: np.ndarray) -> Reconstruction:
+    """The same reconstruction expressed in another world (X' = s R X + t)."""
+    from vggt_mv.eval.alignment import transform_extrinsic
+
+    return Reconstruction(
+        images=rec.images, depth=rec.depth * s, depth_conf=rec.depth_conf,
+        world_points=apply_sim3(rec.world_points, s, rot, trans).astype(np.float32),
+        world_points_conf=rec.world_points_conf,
+        extrinsic=transform_extrinsic(rec.extrinsic, s, rot, trans).astype(np.float32),
+        intrinsic=rec.intrinsic, dynamic_mask=rec.dynamic_mask, view_names=rec.view_names, gt=rec.gt)
+
+
+@pytest.fixture(scope="module")
+def rec() -> Reconstruction:
+    return make_synthetic_reconstruction(num_timesteps=4, num_views=3, height=24, width=32)
+
+
+@pytest.fixture
+def session():
+    sess = SessionState(viser_port=0)
+    yield sess
+    sess.close()
+
+
+# ------------------------------------------------------------------ compare
+def test_compare_identical_runs_is_zero(rec):
+    comp = cmp.compare(rec, rec)
+    s = comp.summary()
+    assert s["cam_translation_max"] < 1e-5 and s["cam_rotation_max_deg"] < 1e-2
+    assert s["point_disp_static"] < 1e-4 and s["point_disp_dynamic"] < 1e-4
+    assert s["n_dynamic"] > 0 and s["n_static"] > 0
+
+
+def test_compare_removes_similarity(rec):
+    prev = _moved(rec, 2.5, _rot(np.array([0.3, 1.0, -0.2]), 40.0), np.array([3.0, -1.0, 7.0]))
+    comp = cmp.compare(prev, rec)
+    assert comp.sim3[0] == pytest.approx(1 / 2.5, rel=1e-4)
+    s = comp.summary()
+    assert s["cam_translation_max"] < 1e-4 * comp.scene_scale
+    assert s["cam_rotation_max_deg"] < 0.05
+    assert s["point_disp_static"] < 1e-3 * comp.scene_scale
+    ghost = cmp.align_reconstruction(prev, comp.sim3)
+    np.testing.assert_allclose(ghost.camera_centers(), rec.camera_centers(), atol=1e-4)
+
+
+def test_compare_splits_dynamic_and_static(rec):
+    depth = rec.depth.copy()
+    dyn = rec.dynamic_mask >= 0.5
+    depth[dyn] *= 1.2  # only dynamic pixels move
+    prev = Reconstruction(images=rec.images, depth=depth, depth_conf=rec.depth_conf, world_points=None,
+                          world_points_conf=None, extrinsic=rec.extrinsic, intrinsic=rec.intrinsic,
+                          dynamic_mask=rec.dynamic_mask, view_names=rec.view_names)
+    s = cmp.compare(prev, rec).summary()
+    assert s["point_disp_static"] < 1e-5
+    assert s["point_disp_dynamic"] > 0.05
+    rows = cmp.compare(prev, rec).rows()
+    assert any("dynamic" in r[0] for r in rows) and all(len(r) == 3 for r in rows)
+
+
+def test_compare_mismatched_grids_does_not_crash(rec):
+    other = make_synthetic_reconstruction(num_timesteps=2, num_views=2, height=24, width=32)
+    comp = cmp.compare(other, rec)
+    assert comp.method == "identity" and comp.notes
+    assert comp.summary()["cam_translation_mean"] is None
+
+
+def test_rotation_delta():
+    a = np.concatenate([np.eye(3), np.zeros((3, 1))], 1)
+    b = np.concatenate([_rot(np.array([0, 0, 1.0]), 30), np.zeros((3, 1))], 1)
+    assert cmp.rotation_delta_deg(a, b) == pytest.approx(30.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------ scene building
+def test_frustum_geometry():
+    k = np.array([[100.0, 0, 40], [0, 50.0, 30], [0, 0, 1]])
+    fov, aspect = frustum_fov_aspect(k, 60, 80)
+    assert fov == pytest.approx(2 * np.arctan(30 / 50.0))
+    assert aspect == pytest.approx(80 / 60)
+    ext = np.concatenate([np.eye(3), np.array([[1.0], [2.0], [3.0]])], 1)
+    wxyz, pos = frustum_pose(ext, np.array([0.5, 0.5, 0.5]))
+    np.testing.assert_allclose(pos, [-1.5, -2.5, -3.5])
+    np.testing.assert_allclose(np.abs(wxyz), [1, 0, 0, 0], atol=1e-9)
+
+
+def test_scene_one_node_per_timestep_and_playback_only_toggles(session, rec):
+    view = session.view
+    session.set_result(rec, {})
+    T, V = rec.num_timesteps, rec.num_views
+    assert [f"t{t}" for t in range(T)] == [k for k in view.nodes if "/" not in k]
+    assert all(f"t{t}/v{v}/points" in view.nodes and f"t{t}/v{v}/cam" in view.nodes
+               for t in range(T) for v in range(V))
+    assert all(f"t{t}/gt/v{v}" in view.nodes for t in range(T) for v in range(V))  # gt cameras overlaid
+    handles = dict(view.nodes)
+    assert [view.nodes[f"t{t}"].visible for t in range(T)] == [True] + [False] * (T - 1)
+    view.set_timestep(2)
+    assert [view.nodes[f"t{t}"].visible for t in range(T)] == [t == 2 for t in range(T)]
+    assert all(view.nodes[k] is handles[k] for k in handles)  # nothing re-uploaded
+    view.set_views([True, False, True])
+    assert not view.nodes["t0/v1"].visible and view.nodes["t0/v2"].visible
+
+
+def test_scene_points_recentred_and_conf_filter(session, rec):
+    view = session.view
+    view.max_points_per_view = None
+    session.set_result(rec, {}, conf_percentile=0)
+    n_all = sum(len(view.nodes[f"t0/v{v}/points"].points) for v in range(rec.num_views))
+    assert n_all == int(rec.confidence_mask("depth")[0].sum())
+    pts = np.concatenate([view.nodes[f"t{t}/v0/points"].points for t in range(rec.num_timesteps)])
+    assert np.abs(np.median(pts, axis=0)).max() < 0.25 * rec.scene_scale()  # recentred
+    view.set_conf_percentile(50)
+    n_half = sum(len(view.nodes[f"t0/v{v}/points"].points) for v in range(rec.num_views))
+    assert 0.3 * n_all < n_half < 0.7 * n_all
+    view.set_color_by("mask")
+    cols = view.nodes["t0/v0/points"].colors
+    assert cols.shape[1] == 3
+    view.set_up_axis("+z")
+    np.testing.assert_allclose(view.root.wxyz, [np.sqrt(0.5), -np.sqrt(0.5), 0, 0])
+
+
+def test_ab_ghost_is_aligned(session, rec):
+    prev = _moved(rec, 0.5, _rot(np.array([1.0, 0, 0]), 25.0), np.array([1.0, 2.0, 3.0]))
+    session.set_result(prev, {})
+    assert session.comparison is None and not any("ghost" in k for k in session.view.nodes)
+    session.set_result(rec, {})
+    assert session.comparison is not None
+    assert session.comparison.summary()["cam_rotation_max_deg"] < 0.05
+    assert all(f"t{t}/ghost/points" in session.view.nodes for t in range(rec.num_timesteps))
+    ghost_pts = session.view.nodes["t0/ghost/points"].points.astype(np.float64)
+    cur_pts = np.concatenate([session.view.nodes[f"t0/v{v}/points"].points for v in range(3)]).astype(np.float64)
+    # ghost and current clouds overlap after alignment: close centroids
+    assert np.linalg.norm(ghost_pts.mean(0) - cur_pts.mean(0)) < 0.05 * rec.scene_scale()
+    session.view.set_flag("show_ghost", False)
+    assert not session.view.nodes["t0/ghost/points"].visible
+
+
+def test_playback_advances(session, rec):
+    import time
+
+    session.set_result(rec, {})
+    session.view.play(True, fps=30)
+    time.sleep(0.4)
+    session.view.play(False)
+    assert session.view.options["t"] != 0 or session.view.num_timesteps == 1
+
+
+# ------------------------------------------------------------------ sessions / state
+def test_sessions_are_isolated(rec):
+    reg = SessionRegistry(viser_port=0, max_sessions=2)
+    a, b = reg.new(), reg.new()
+    try:
+        assert a.viser_port != b.viser_port and a.server is not b.server
+        a.set_result(rec, {})
+        assert a.view.nodes and not b.view.nodes
+        c = reg.new()  # evicts the oldest
+        assert a.closed and a.id not in reg.sessions and c.id in reg.sessions
+        reg.drop(b)
+        assert b.closed
+    finally:
+        reg.close_all()
+
+
+def test_parse_views_errors_name_the_path(tmp_path):
+    with pytest.raises(UserError, match="nope/cam0"):
+        parse_views("nope/cam0\n")
+    with pytest.raises(UserError, match="No scene"):
+        parse_views("  \n")
+    (tmp_path / "cam0").mkdir()
+    (tmp_path / "cam1").mkdir()
+    assert parse_views(f"{tmp_path}/cam0\n{tmp_path}/cam1") == [str(tmp_path / "cam0"), str(tmp_path / "cam1")]
+
+
+def test_run_bad_inputs_are_user_errors(tmp_path):
+    (tmp_path / "cam0").mkdir()
+    with pytest.raises(UserError, match=str(tmp_path)):
+        run_reconstruction(RunParams(views=[str(tmp_path / "cam0")], resolution=56))
+    with pytest.raises(UserError, match="multiple of 14"):
+        run_reconstruction(RunParams(resolution=100))
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        run_reconstruction(RunParams(resolution=56, frame_stop=2, checkpoint=str(tmp_path / "x.pt")))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SAMPLE_DIR.is_dir(), reason="bundled sample not present")
+def test_run_sample_tiny_end_to_end(session):
+    params = RunParams(resolution=56, frame_stop=3, window=3, overlap=1)
+    rec, info = run_reconstruction(params)
+    assert rec.depth.shape[:2] == (3, 3) and "random tiny weights" in info["banner"] or "weights" in info["banner"]
+    session.set_result(rec, info)
+    params.lambda_pose = 1.5
+    rec2, info2 = run_reconstruction(params)
+    session.set_result(rec2, info2)
+    assert session.comparison is not None and session.comparison.cam_translation.shape == (3, 3)
+    from vggt_mv_app.ui import gallery_items, metrics_rows
+
+    imgs, depths, masks = gallery_items(rec2, 1)
+    assert len(imgs) == len(depths) == 3 and depths[0][0].dtype == np.uint8
+    assert any(r[0].startswith("depth/") for r in metrics_rows(rec2))
+
+
+# ------------------------------------------------------------------ CLI / UI construction
+def test_free_port_skips_used_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        used = s.getsockname()[1]
+        assert free_port(used) != used
+
+
+def test_cli_defaults():
+    args = build_parser().parse_args([])
+    d = defaults_from_args(args)
+    assert args.host == "127.0.0.1" and d.preset == "tiny" and Path(d.views[0]) == SAMPLE_DIR
+    args = build_parser().parse_args(["--views", "a", "b", "--preset", "vggt_mv", "--port", "9000"])
+    assert defaults_from_args(args).views == ["a", "b"] and args.port == 9000
+
+
+def test_build_ui_constructs():
+    from vggt_mv_app.ui import build_ui, colorize_depth
+
+    reg = SessionRegistry(viser_port=0)
+    demo = build_ui(reg, RunParams(resolution=112))
+    assert demo is not None
+    rgb = colorize_depth(np.array([[0.0, 1.0], [2.0, np.nan]]))
+    assert rgb.shape == (2, 2, 3) and rgb[0, 0].sum() == 0
