@@ -290,10 +290,6 @@ def test_config_validation_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- pipeline cache (snapshot / resume)
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "vggt_mv/model/aggregator.py redefines AggregatorState (second copy, ~line 61) without @dataclass, "
-    "so AggregatorState(i, streams, ...) raises 'AggregatorState() takes no arguments' whenever "
-    "snapshot_at is used"))
 def test_snapshot_resume_equals_full_run():
     cfg = ModelConfig.preset("tiny")
     agg = _agg(cfg)

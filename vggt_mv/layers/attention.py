@@ -61,10 +61,11 @@ def attend(
         key = bias.key.to(k.dtype)[:, None].expand(-1, heads, -1, -1)
         q = torch.cat([q, row], -1)
         k = torch.cat([k, key], -1)
-        if q.is_cuda:  # fused kernels want q/k/v of one head size, a multiple of 8
-            width = -(-q.shape[-1] // 8) * 8
-            q, k = F.pad(q, (0, width - q.shape[-1])), F.pad(k, (0, width - k.shape[-1]))
-            v = F.pad(v, (0, width - d))
+        # fused kernels (flash on CPU and GPU) want q/k/v of one head size (a multiple of 8 on GPU);
+        # otherwise SDPA falls back to the math kernel, which materialises the N x N weights
+        width = -(-q.shape[-1] // 8) * 8 if q.is_cuda else q.shape[-1]
+        q, k = F.pad(q, (0, width - q.shape[-1])), F.pad(k, (0, width - k.shape[-1]))
+        v = F.pad(v, (0, width - d))
     mask = None if key_mask is None else key_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out[..., :d]

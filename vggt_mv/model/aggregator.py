@@ -58,39 +58,6 @@ def _slot_tokens(token: torch.Tensor, b: int, tg: int, vg: int) -> torch.Tensor:
     return token[0, slot].expand(b, -1, -1, -1).reshape(b, tg, vg, n, c)
 
 
-class AggregatorState:
-    """Everything needed to resume the layer loop at the input of ``layer`` (pipeline cache)."""
-
-    layer: int
-    streams: dict[str, torch.Tensor]
-    outputs: list[torch.Tensor]
-    mask_logit: torch.Tensor | None
-    external: torch.Tensor | None
-
-
-@dataclass
-class AggregatorOutput:
-    """pose_tokens / geo_tokens: per layer ``[B,T,V,P,2C]`` (identical lists unless ``streams`` mode)."""
-
-    pose_tokens: list[torch.Tensor]
-    geo_tokens: list[torch.Tensor]
-    patch_start_idx: int
-    mask_logit: torch.Tensor | None = None  # [B,T,V,h,w]
-    dynamic_mask: torch.Tensor | None = None  # [B,T,V,h,w], probability a patch is dynamic
-    snapshot: AggregatorState | None = None
-    extras: dict = field(default_factory=dict)
-
-
-def _slot_tokens(token: torch.Tensor, b: int, tg: int, vg: int) -> torch.Tensor:
-    """token ``[1, 2, n, C]`` -> ``[B, Tg, Vg, n, C]``: slot 0 for the reference image (0, 0), slot 1 elsewhere."""
-    n, c = token.shape[2:]
-    out = token[:, 1:2, None].expand(b, tg, vg, n, c)
-    ref = token[:, 0].expand(b, n, c)
-    return torch.cat([ref[:, None, None], out.reshape(b, tg * vg, n, c)[:, 1:].reshape(b, -1, n, c)[:, None]], 2).reshape(
-        b, tg, vg, n, c
-    ) if tg * vg > 1 else ref[:, None, None]
-
-
 class Aggregator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
