@@ -18,18 +18,9 @@ from vggt_mv.inference.device import select_autocast_dtype, select_device
 from vggt_mv.inference.geometry import unproject_depth
 from vggt_mv.inference.pipeline import Cancelled, reconstruct
 from vggt_mv.inference.windows import Sim3, WindowPrediction, plan_windows, stitch
-from vggt_mv.model.aggregator import AggregatorState
 from vggt_mv.model.vggt_mv import VGGTMV
 
 T, V, H, W = 5, 3, 28, 42
-
-# The model's snapshot/resume support is what the cache stores; while aggregator.py's duplicate,
-# non-dataclass ``AggregatorState`` breaks ``snapshot_at`` (see tests/test_model_invariants.py),
-# reconstruct falls back to uncached runs and these tests are expected to fail.
-needs_snapshot = pytest.mark.xfail(
-    not dataclasses.is_dataclass(AggregatorState), strict=True,
-    reason="aggregator.py: AggregatorState redefined without @dataclass, so snapshot_at raises TypeError")
-
 
 def _model(seed: int = 0) -> VGGTMV:
     torch.manual_seed(seed)
@@ -210,7 +201,6 @@ def test_cache_lru_byte_budget():
     assert not c.put("big", state(1000)) and c.nbytes <= c.max_bytes
 
 
-@needs_snapshot
 def test_cache_hit_on_lambda_change(scene):
     m = _model()
     encoder_calls = []
@@ -228,7 +218,6 @@ def test_cache_hit_on_lambda_change(scene):
     assert np.abs(first.depth - fresh.depth).max() > 1e-4  # the lambda really changed the output
 
 
-@needs_snapshot
 def test_cache_miss_on_image_or_mask_layer_change(scene):
     m = _model()
     encoder_calls = []
@@ -266,3 +255,19 @@ def test_cli_reconstruct_end_to_end(tmp_path: Path):
     rec = Reconstruction.load(out)
     assert rec.depth.shape == (T, V, H, W) and rec.view_names == ["cam0", "cam1", "cam2"]
     assert rec.meta["lambdas"]["lambda_pose"] == 0.5 and rec.meta["window"] == 3
+
+
+def test_conf_landmarks_uses_previous_confidence(scene):
+    cfg = ModelConfig.preset("tiny")
+    cfg.sparse.strategy = "landmark"
+    cfg.sparse.landmark_k = 2  # fewer anchors than the 6 patches per image, so the ranking matters
+    torch.manual_seed(0)
+    m = VGGTMV(cfg).eval()
+    cache = PipelineCache()
+    first = reconstruct(scene, m, window=8, cache=cache, conf_landmarks=True)
+    assert first.meta["windows"][0]["landmark_scores"] == "first pass of this run"
+    again = reconstruct(scene, m, window=8, cache=cache, conf_landmarks=True)
+    assert again.meta["windows"][0]["cache"] == "hit"
+    assert again.meta["windows"][0]["landmark_scores"] == "previous run (cached)"
+    plain = reconstruct(scene, m, window=8, conf_landmarks=False)
+    assert np.isfinite(first.depth).all() and np.isfinite(plain.depth).all()

@@ -98,10 +98,13 @@ def weights_fingerprint(model: torch.nn.Module, layer: int | None = None) -> str
     if layer is None:
         layer = model.aggregator.first_affected_layer()
     tensors = _upstream_tensors(model, layer)
-    signature = tuple((n, id(t), t.data_ptr(), t._version, t.dtype, t.device.type) for n, t in tensors)
+    try:
+        signature = tuple((n, id(t), t.data_ptr(), t._version, t.dtype, t.device.type) for n, t in tensors)
+    except RuntimeError:  # inference tensors have no version counter: hash every time
+        signature = None
     memo: dict = model.__dict__.setdefault("_vggt_mv_fingerprints", {})
     hit = memo.get(layer)
-    if hit is not None and hit[0] == signature:
+    if signature is not None and hit is not None and hit[0] == signature:
         return hit[1]
     h = hashlib.sha256()
     with torch.no_grad():

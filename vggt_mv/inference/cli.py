@@ -101,7 +101,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vggt_mv.inference.pipeline import reconstruct
 
     device = select_device(args.device)
-    masks = False if args.no_masks else (args.masks[0] if args.masks and len(args.masks) == 1 else args.masks)
+    masks = args.masks
+    if args.no_masks:
+        masks = False
+    elif masks and len(masks) == 1 and not (args.views and len(args.views) == 1):
+        masks = masks[0]  # one folder holding a subfolder per camera
     t0 = time.perf_counter()
     scene = load_scene(args.views if args.views else args.scene, masks=masks, resolution=args.resolution,
                        mode=args.mode, frame_range=_frames(args.frames), stride=args.stride,

@@ -128,15 +128,8 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
             out = model(images, ext_masks, layout=layout, resume=entry.state, landmark_scores=scores)
         else:
             want_snapshot = cache is not None or use_lm
-            try:
-                out = model(images, ext_masks, layout=layout, snapshot_at=layer if want_snapshot else None,
-                            return_aggregator=want_snapshot)
-            except TypeError as e:  # a model whose snapshot support is broken: run uncached, say so
-                if not want_snapshot:
-                    raise
-                log.warning("aggregator snapshot failed (%s); running this window without cache/landmarks", e)
-                info["cache"], want_snapshot, use_lm, cache = f"unavailable: {e}", False, False, None
-                out = model(images, ext_masks, layout=layout)
+            out = model(images, ext_masks, layout=layout, snapshot_at=layer if want_snapshot else None,
+                        return_aggregator=want_snapshot)
             snap = out.pop("_aggregator").snapshot if want_snapshot else None
             scores = None
             if use_lm and snap is not None and "depth_conf" in out:
