@@ -22,6 +22,7 @@ from vggt_mv.config import ModelConfig
 from vggt_mv.layers import Block, LowRankBias, RotaryPositionEmbedding2D, patch_positions
 from vggt_mv.layers.sparse_attention import sparse_global_block
 from vggt_mv.model.encoder import DinoEncoder
+from vggt_mv.model.epipolar import EpipolarPrior, epipolar_bias
 from vggt_mv.model.mask_bias import MaskBiasControl, mask_bias, relative_time_bias
 from vggt_mv.model.mask_head import build_mask_head
 
@@ -162,12 +163,14 @@ class Aggregator(nn.Module):
         snapshot_at: int | None = None,
         landmark_scores: torch.Tensor | None = None,
         stop_after: int | None = None,
+        epipolar: EpipolarPrior | None = None,
     ) -> AggregatorOutput:
         """images ``[B, T, V, 3, H, W]`` (5-D input as V=1, T=S) -> ``AggregatorOutput`` with ``[B,T,V,P,2C]`` entries.
 
         ext_masks: optional ``[B, T, V, h, w]`` external dynamic mask already pooled to the patch grid.
         resume/snapshot_at: cache support (``AggregatorState`` at the input of a layer).
         landmark_scores: optional ``[B, T, V, h*w]`` anchor scores for ``landmark`` sparse attention.
+        epipolar: optional calibrated-rig prior added to every (non-sparse) View-SA step (factorized only).
         """
         cfg = self.cfg
         b, t, v, _, h, w = images.shape
@@ -176,6 +179,11 @@ class Aggregator(nn.Module):
         flat = layout == "flat" or five_d
         tg, vg = (1, t * v) if flat else (t, v)
         n_tok = self.patch_start_idx + gh * gw
+        epi_bias = None
+        if epipolar is not None:
+            if flat:
+                raise ValueError("the epipolar prior acts on factorized View-SA; use layout='factorized' with V > 1")
+            epi_bias = epipolar_bias(epipolar, gh, gw, p, self.patch_start_idx)
         pos = patch_positions(1, gh, gw, self.patch_start_idx, images.device)[0]  # [P, 2]
 
         if resume is not None:
@@ -216,7 +224,7 @@ class Aggregator(nn.Module):
                         xs = self._sparse_step(gblk, xs, pos, i, name, key_value, (t, v),
                                                landmark_scores)
                     else:
-                        xs = self._view_step(gblk, xs, pos, i, name, key_value)
+                        xs = self._view_step(gblk, xs, pos, i, name, key_value, epi_bias)
                     outs[step] = xs
                 streams[name] = xs
                 entry = torch.cat([outs["time"], outs["view"]], -1)
@@ -297,10 +305,10 @@ class Aggregator(nn.Module):
         y = blk(group(x), pos.repeat(tg, 1).expand(b * vg, -1, -1), bias)
         return y.reshape(b, vg, tg, n, c).transpose(1, 2)
 
-    def _view_step(self, blk, x, pos, layer, stream, key_value):
+    def _view_step(self, blk, x, pos, layer, stream, key_value, extra_bias=None):
         b, tg, vg, n, c = x.shape
         group = lambda z: z.reshape(b * tg, vg * n, *z.shape[4:])  # noqa: E731
-        bias = self._bias(stream, layer, "global", key_value, n, x, group)
+        bias = LowRankBias.concat([self._bias(stream, layer, "global", key_value, n, x, group), extra_bias])
         y = blk(group(x), pos.repeat(vg, 1).expand(b * tg, -1, -1), bias)
         return y.reshape(b, tg, vg, n, c)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from vggt_mv.config import ModelConfig
 from vggt_mv.heads import CameraHead, DPTHead, TrackHead, pose_encoding_to_extri_intri
 from vggt_mv.model.aggregator import Aggregator, AggregatorOutput, AggregatorState
+from vggt_mv.model.epipolar import EpipolarPrior
 from vggt_mv.model.mask_bias import LAMBDA_NAMES
 
 
@@ -115,12 +116,13 @@ class VGGTMV(nn.Module):
         resume: AggregatorState | None = None,
         snapshot_at: int | None = None,
         landmark_scores: torch.Tensor | None = None,
+        epipolar: EpipolarPrior | None = None,
         return_aggregator: bool = False,
     ) -> dict[str, torch.Tensor]:
         """images ``[B,S,3,H,W]`` or ``[B,T,V,3,H,W]`` in [0,1] -> dict of VGGT outputs (+ ``dynamic_mask``)."""
         self._check_inputs(images, ext_masks, query_points)
         agg = self.run_aggregator(images, ext_masks, layout, resume=resume, snapshot_at=snapshot_at,
-                                  landmark_scores=landmark_scores)
+                                  landmark_scores=landmark_scores, epipolar=epipolar)
         lead = images.shape[:-3]
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         n = lead.numel() // b
