@@ -1,0 +1,1 @@
+"""Inference: ``reconstruct`` (windows, stitching, cache), ``Reconstruction`` and geometry helpers."""
