@@ -354,7 +354,7 @@ class SceneView:
         r_c2w = ext[:3, :3].T
         cam = -r_c2w @ ext[:3, 3] - self.center
         fwd, down = r_c2w[:, 2], r_c2w[:, 1]
-        pos = cam - 0.6 * self.scale * fwd - 0.35 * self.scale * down
+        pos = cam - 0.25 * self.scale * fwd - 0.12 * self.scale * down
         rot = np.eye(3) if self.options["up"] == "-y" else np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0.0]])
         try:
             ic = self.target.initial_camera

@@ -139,7 +139,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                         f_stop = gr.Number(d.frame_stop, label="stop (0 = end)", precision=0, minimum=0)
                         stride = gr.Number(d.stride, label="stride", precision=0, minimum=1)
                 gr.Markdown("**Dual-stream mask bias** (±bound of the preset)")
-                lam_pose = gr.Slider(-bound, bound, d.lambda_pose, step=0.05, label="λ_pose (view)", elem_classes="lam")
+                lam_pose = gr.Slider(-bound, bound, d.lambda_pose, step=0.05, label="λ_pose (view)", elem_classes="lam", elem_id="lam-pose")
                 lam_geo = gr.Slider(-bound, bound, d.lambda_geo, step=0.05, label="λ_geo (view)", elem_classes="lam")
                 lam_pose_t = gr.Slider(-bound, bound, d.lambda_pose_t, step=0.05, label="λ_pose_t (time)", elem_classes="lam")
                 lam_geo_t = gr.Slider(-bound, bound, d.lambda_geo_t, step=0.05, label="λ_geo_t (time)", elem_classes="lam")
@@ -160,17 +160,17 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 with gr.Tabs():
                     with gr.Tab("Views"):
                         t_gallery = gr.Slider(0, 1, 0, step=1, label="timestep")
-                        g_img = gr.Gallery(label="images", columns=4, height=200, elem_id="g-img")
-                        g_depth = gr.Gallery(label="depth", columns=4, height=200)
-                        g_mask = gr.Gallery(label="dynamic mask", columns=4, height=200)
+                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img")
+                        g_depth = gr.Gallery(label="depth", columns=4, height=170)
+                        g_mask = gr.Gallery(label="dynamic mask", columns=4, height=170)
                     with gr.Tab("Metrics"):
                         metrics = gr.Dataframe(headers=["metric", "value"], label="vs ground truth",
                                                interactive=False, wrap=True)
-                    with gr.Tab("A/B"):
+                    with gr.Tab("A/B", elem_id="tab-ab"):
                         ab_md = gr.Markdown("Run twice (e.g. change λ) to compare the previous run (ghost, "
                                             "orange) with the current one, Sim(3)-aligned.")
                         ab_table = gr.Dataframe(headers=["quantity", "value", "rel. to scene size"],
-                                                interactive=False, wrap=True)
+                                                interactive=False, wrap=True, elem_id="ab-table")
                     with gr.Tab("Export"):
                         with gr.Row():
                             b_npz = gr.Button("NPZ")
@@ -194,7 +194,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, ab_v, conf_v, progress=gr.Progress()):
             keep = gr.update()
             if sess is None:
-                return ("⚠️ Session not ready yet — reload the page.",) + (keep,) * 9
+                return ("**Not ready:** session not started yet — reload the page.",) + (keep,) * 9
             sess.cancel.clear()
             try:
                 params = RunParams(
@@ -208,15 +208,15 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 sess.params = params
                 sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
             except UserError as exc:
-                return (f"❌ **Input problem:** {exc}",) + (keep,) * 9
+                return (f"**Input problem:** {exc}",) + (keep,) * 9
             except Cancelled:
-                return ("⏹️ Cancelled.",) + (keep,) * 9
+                return ("**Cancelled.**",) + (keep,) * 9
             except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
                 log.error("run failed:\n%s", traceback.format_exc())
-                return (f"❌ **Run failed:** `{type(exc).__name__}: {exc}` (details in the server log)",) + (keep,) * 9
+                return (f"**Run failed:** `{type(exc).__name__}: {exc}` (details in the server log)",) + (keep,) * 9
             imgs, depths, masks = gallery_items(rec, 0)
             notes = "".join(f"<br>· {n}" for n in info["notes"])
-            msg = (f"✅ **Done** in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
+            msg = (f"**Done** in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
                    f"{info['H']}×{info['W']} on {info['device']}, layout {info['layout']}, "
                    f"λ=({params.lambda_pose:g}, {params.lambda_geo:g}, {params.lambda_pose_t:g}, "
                    f"{params.lambda_geo_t:g}), sparse {params.strategy}{notes}")
@@ -232,7 +232,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
         def do_cancel(sess):
             if sess is not None:
                 sess.cancel.set()
-            return "⏹️ Cancelling after the current step…"
+            return "Cancelling after the current window…"
 
         def on_t(sess, t):
             if sess is None or sess.rec is None:
@@ -267,7 +267,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 return str(path), f"Saved under `{out}` (also cameras.json, COLMAP text, manifest)."
             except Exception as exc:  # noqa: BLE001
                 log.error("export failed:\n%s", traceback.format_exc())
-                return None, f"❌ export failed: `{type(exc).__name__}: {exc}`"
+                return None, f"**Export failed:** `{type(exc).__name__}: {exc}`"
 
         run_inputs = [state, views, preset, device, resolution, window, overlap, checkpoint, pi3, f_start,
                       f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, ab, conf]

@@ -252,3 +252,14 @@ def test_build_ui_constructs():
     assert demo is not None
     rgb = colorize_depth(np.array([[0.0, 1.0], [2.0, np.nan]]))
     assert rgb.shape == (2, 2, 3) and rgb[0, 0].sum() == 0
+
+
+def test_show_for_notebooks(rec):
+    from vggt_mv_app import show
+
+    view = show(rec, port=0)
+    try:
+        assert view.target.get_port() > 0 and "t0/v0/points" in view.nodes
+    finally:
+        view.close()
+        view.target.stop()

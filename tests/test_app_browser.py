@@ -100,6 +100,19 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             page.locator("#viser-frame").screenshot(path=str(shots / "2_viser.png"))
             assert page.locator("#g-img img").count() >= 3  # per-view gallery filled
 
+            # A/B: change λ_pose, re-run, the page shows what changed (previous run = ghost)
+            box = page.locator("#lam-pose input[type=number]")
+            box.fill("2")
+            box.press("Enter")
+            page.click("#run-btn")
+            page.wait_for_function(
+                "() => { const s = document.querySelector('#status'); return s && /λ=\\(2/.test(s.innerText); }",
+                timeout=90_000)
+            page.get_by_role("tab", name="A/B").click()
+            page.wait_for_selector("#ab-table :text('camera translation')", timeout=15_000)
+            time.sleep(2.0)
+            page.screenshot(path=str(shots / "4_ab.png"), full_page=True)
+
             # a second tab gets its own viser server / scene
             page2 = ctx.new_page()
             page2.goto(url)
@@ -111,5 +124,5 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             page2.screenshot(path=str(shots / "3_second_tab.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("0_loaded.png", "1_after_run.png", "2_viser.png", "3_second_tab.png"):
+    for name in ("0_loaded.png", "1_after_run.png", "2_viser.png", "3_second_tab.png", "4_ab.png"):
         assert (shots / name).stat().st_size > 10_000
