@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vggt_mv.eval.synthetic import make_synthetic_reconstruction
-from vggt_mv.export.video import ViewCamera, camera_path, render_frame, record, splat
+from vggt_mv.export.video import ViewCamera, camera_path, iter_frames, record, render_frame, splat
 
 SIZE = (48, 64)  # small, even frames keep the tests fast
 
@@ -94,6 +94,17 @@ def test_camera_paths(rec) -> None:
         camera_path(rec, "orbit", orbit_timestep=5)
 
 
+def test_iter_frames_lazy_and_labelled(rec) -> None:
+    views = camera_path(rec, "timeline", size=SIZE, frames_per_step=1)
+    gen = iter_frames(rec, views, SIZE, label=False)
+    first = next(gen)  # lazy: frames come one at a time
+    assert first.shape == (*SIZE, 3) and len(list(gen)) == rec.num_timesteps - 1
+    np.testing.assert_array_equal(first, render_frame(rec, views[0], SIZE))
+    labelled = next(iter_frames(rec, views, SIZE, label=True))
+    diff = np.any(labelled != first, axis=-1)
+    assert diff.any() and not diff[: SIZE[0] // 2].any()  # the stamp sits in the bottom corner
+
+
 def test_record_mp4_roundtrip(rec, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     out = record(rec, tmp_path / "sub" / "demo.mp4", mode="timeline", fps=5, size=SIZE, frames_per_step=2,
@@ -137,7 +148,7 @@ def test_cli_record_end_to_end(rec, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     assert iio.imread(out, plugin="pyav").shape == (4, 48, 64, 3)
     code = main(["record", str(result), "--out", str(tmp_path / "tl.mp4"), "--timeline", "--size", "48x64",
-                 "--frames-per-step", "1", "--no-cameras"])
+                 "--frames-per-step", "1", "--no-cameras", "--no-label", "--threads", "1"])
     assert code == 0 and iio.imread(tmp_path / "tl.mp4", plugin="pyav").shape[0] == rec.num_timesteps
 
     missing = tmp_path / "nope"

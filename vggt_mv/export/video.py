@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ViewCamera", "splat", "render_frame", "look_at", "frustum_edge_points",
-    "camera_path", "record", "UP_AXES",
+    "camera_path", "iter_frames", "record", "UP_AXES",
 ]
 
 Mode = Literal["timeline", "orbit"]
@@ -88,7 +88,8 @@ def splat(
     ``xyz [N,3]`` world points, ``rgb [N,3] uint8``, ``extrinsic [3,4]`` camera-from-world,
     ``intrinsic [3,3]``, ``size=(H, W)``. ``point_size`` is the splat width in pixels, one value
     or one per point ``[N]`` (e.g. thin frustum lines over fat points). Points with camera depth
-    ``<= near`` are dropped; the nearest point covering a pixel wins (ties: lowest index).
+    ``<= near`` (clamped to > 0) are dropped; the nearest point covering a pixel wins (ties:
+    lowest index). At most ``2**31`` points.
     """
     height, width = int(size[0]), int(size[1])
     xyz = torch.as_tensor(np.asarray(xyz, dtype=np.float32)).reshape(-1, 3)
@@ -99,32 +100,33 @@ def splat(
     ext = torch.as_tensor(np.asarray(extrinsic, dtype=np.float32))
     k = torch.as_tensor(np.asarray(intrinsic, dtype=np.float32))
     cam = xyz @ ext[:, :3].T + ext[:, 3]
-    z = cam[:, 2]
-    ok = torch.isfinite(cam).all(1) & (z > near)
+    z = cam[:, 2].contiguous()
+    ok = torch.isfinite(cam).all(1) & (z > max(float(near), 1e-30))
     zs = torch.where(ok, z, torch.ones_like(z))
     u = torch.round(k[0, 0] * cam[:, 0] / zs + k[0, 1] * cam[:, 1] / zs + k[0, 2])
     v = torch.round(k[1, 1] * cam[:, 1] / zs + k[1, 2])
     ok &= (u > -64) & (u < width + 64) & (v > -64) & (v < height + 64)  # also guards int overflow
     sizes = np.broadcast_to(np.asarray(point_size, dtype=np.int64), (len(xyz),))
-    pix, depth, pid = [], [], []
+    keys = []
     for p in np.unique(sizes):  # one vectorised pass per distinct splat size (usually 1-2)
         sel = torch.nonzero(ok & torch.as_tensor(sizes == p)).squeeze(1)
         off = _offsets(int(p))  # [K,2]
         uu = (u[sel, None] + off[None, :, 0]).long()  # [n,K]
         vv = (v[sel, None] + off[None, :, 1]).long()
         inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
-        pix.append((vv * width + uu)[inside])
-        depth.append(z[sel, None].expand_as(uu)[inside])
-        pid.append(sel[:, None].expand_as(uu)[inside])
-    pix, depth, pid = torch.cat(pix), torch.cat(depth), torch.cat(pid)
+        # One int64 key per fragment: (depth bits << 32) | point id. Positive float32 bit patterns
+        # sort like the floats, so the per-pixel minimum key is the nearest point (ties: lowest id).
+        zkey = (z[sel].view(torch.int32).long() << 32) | sel
+        pix = (vv * width + uu)[inside]
+        keys.append((pix, zkey[:, None].expand_as(uu)[inside]))
+    pix = torch.cat([k_[0] for k_ in keys])
     if len(pix) == 0:
         return image.reshape(height, width, 3).numpy()
-    zbuf = torch.full((height * width,), float("inf")).scatter_reduce(0, pix, depth, "amin")
-    win = depth <= zbuf[pix]  # fragments at the nearest depth of their pixel
-    pix, pid = pix[win], pid[win]
-    owner = torch.full((height * width,), len(xyz), dtype=torch.long).scatter_reduce(0, pix, pid, "amin")
-    hit = owner < len(xyz)
-    image[hit] = rgb[owner[hit]]
+    sentinel = torch.iinfo(torch.int64).max
+    best = torch.full((height * width,), sentinel, dtype=torch.long)
+    best.scatter_reduce_(0, pix, torch.cat([k_[1] for k_ in keys]), "amin")
+    hit = best != sentinel
+    image[hit] = rgb[best[hit] & 0xFFFFFFFF]
     return image.reshape(height, width, 3).numpy()
 
 
@@ -284,6 +286,59 @@ def _atomic_video_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def _draw_label(frame: np.ndarray, text: str) -> np.ndarray:
+    """Small white ``text`` with a dark outline in the bottom-left corner (cv2; in place)."""
+    import cv2
+
+    scale = max(frame.shape[0] / 720.0, 0.3)
+    org = (max(int(8 * scale), 2), frame.shape[0] - max(int(10 * scale), 3))
+    thick = max(int(round(2 * scale)), 1)
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return frame
+
+
+def iter_frames(
+    rec: "Reconstruction",
+    views: Sequence[ViewCamera],
+    size: tuple[int, int] = (480, 640),
+    point_size: int = 2,
+    color_by: Literal["image", "mask"] = "image",
+    conf_percentile: float | None = 20.0,
+    show_cameras: bool = True,
+    label: bool = True,
+    background: Sequence[int] = (18, 18, 22),
+    max_points: int | None = 400_000,
+) -> Iterator[np.ndarray]:
+    """Yield one ``[H,W,3] uint8`` frame per ``views`` entry (lazily: a preview or a writer
+    consumes them one at a time). Only the current timestep's cloud is kept in memory; ``label``
+    stamps ``t i/T`` in the bottom-left corner."""
+    cached_t, cloud = -1, None
+    for view in views:
+        if view.t != cached_t:
+            cached_t = view.t
+            cloud = rec.points(view.t, conf_percentile=conf_percentile, color_by=color_by)
+        frame = render_frame(rec, view, size, point_size, cloud, show_cameras=show_cameras,
+                             background=background, max_points=max_points)
+        if label and rec.num_timesteps > 1:
+            frame = _draw_label(np.ascontiguousarray(frame), f"t {view.t + 1}/{rec.num_timesteps}")
+        yield frame
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (1 is often fastest on a busy machine)."""
+    if num_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(int(num_threads), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def record(
     rec: "Reconstruction",
     out_path: str | os.PathLike,
@@ -301,16 +356,19 @@ def record(
     orbit_timestep: int | None = None,
     hold: int = 0,
     loops: int = 1,
+    label: bool = True,
     background: Sequence[int] = (18, 18, 22),
     max_points: int | None = 400_000,
+    num_threads: int | None = None,
 ) -> Path:
     """Render ``rec`` along ``camera_path(mode, ...)`` and write an H.264 (yuv420p) MP4.
 
-    Frames are streamed to the encoder one at a time, so memory stays bounded; only the current
-    timestep's cloud is kept. The file appears atomically at ``out_path`` (temp file in the same
-    folder, then ``os.replace``); on any error, including one raised by ``progress(done, total)``
-    (called after each frame, e.g. to cancel), nothing partial remains. ``size=(H, W)`` must be
-    even (yuv420p). Returns the absolute output path.
+    Frames are streamed to the encoder one at a time (``iter_frames``), so memory stays bounded.
+    The file appears atomically at ``out_path`` (temp file in the same folder, then
+    ``os.replace``); on any error, including one raised by ``progress(done, total)`` (called
+    after each frame, e.g. to cancel), nothing partial remains and an existing file is kept.
+    ``size=(H, W)`` must be even (yuv420p). ``num_threads`` temporarily sets torch's thread count
+    while rendering (None: leave it). Returns the absolute output path.
     """
     import imageio.v3 as iio
 
@@ -325,17 +383,13 @@ def record(
         raise ValueError(f"conf_percentile must be in [0, 100], got {conf_percentile}")
     views = camera_path(rec, mode, (height, width), frames_per_step, num_frames, orbit_timestep, up,
                         hold=hold, loops=loops)
+    frames = iter_frames(rec, views, (height, width), point_size, color_by, conf_percentile, show_cameras,
+                         label, background, max_points)
     out = Path(out_path).absolute()
-    cached_t, cloud = -1, None
-    with _atomic_video_path(out) as tmp:
+    with _torch_threads(num_threads), _atomic_video_path(out) as tmp:
         with iio.imopen(tmp, "w", plugin="pyav") as writer:
             writer.init_video_stream("libx264", fps=fps, pixel_format="yuv420p")
-            for i, view in enumerate(views):
-                if view.t != cached_t:
-                    cached_t = view.t
-                    cloud = rec.points(view.t, conf_percentile=conf_percentile, color_by=color_by)
-                frame = render_frame(rec, view, (height, width), point_size, cloud, show_cameras=show_cameras,
-                                     background=background, max_points=max_points)
+            for i, frame in enumerate(frames):
                 writer.write_frame(frame)
                 if progress is not None:
                     progress(i + 1, len(views))

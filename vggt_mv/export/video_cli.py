@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold", type=int, default=0, help="extra frames on the last timestep")
     p.add_argument("--loops", type=int, default=1, help="repeat the path this many times")
     p.add_argument("--no-cameras", dest="show_cameras", action="store_false", help="do not draw camera frustums")
+    p.add_argument("--no-label", dest="label", action="store_false", help="do not stamp the timestep on frames")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads while rendering (default: unchanged)")
     p.set_defaults(func=run_record)
 
 
@@ -97,6 +99,7 @@ def run_record(args: argparse.Namespace) -> int:
         color_by=args.color_by, conf_percentile=args.conf_percentile, frames_per_step=args.frames_per_step,
         show_cameras=args.show_cameras, progress=progress, up=args.up, num_frames=args.num_frames,
         orbit_timestep=args.orbit_timestep, hold=args.hold, loops=args.loops,
+        label=args.label, num_threads=args.threads,
     )
     log.info("wrote %s (%s, %.1fs)", out, args.mode, time.monotonic() - start)
     print(out)
