@@ -85,6 +85,11 @@ def test_camera_paths(rec) -> None:
     up = np.array([0.0, 0.0, 1.0])
     heights = [(-c.extrinsic[:, :3].T @ c.extrinsic[:, 3]) @ up for c in frozen]
     np.testing.assert_allclose(heights, heights[0], atol=1e-4)  # circle is perpendicular to +z
+    swing = camera_path(rec, "orbit", size=SIZE, num_frames=8, arc_degrees=60)
+    start = centres[0] - rec.scene_center()
+    swing_c = np.stack([-c.extrinsic[:, :3].T @ c.extrinsic[:, 3] for c in swing]) - rec.scene_center()
+    cosang = swing_c @ start / (np.linalg.norm(swing_c, axis=1) * np.linalg.norm(start))
+    assert np.isclose(cosang[0], 1.0, atol=1e-5) and np.cos(np.deg2rad(31)) < cosang.min() < np.cos(np.deg2rad(10))
     frames = [render_frame(rec, c, SIZE) for c in orbit[::2]]
     for a, b in zip(frames, frames[1:]):
         assert np.mean(np.any(a != b, axis=-1)) > 0.05
@@ -92,6 +97,8 @@ def test_camera_paths(rec) -> None:
         camera_path(rec, "spiral")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         camera_path(rec, "orbit", orbit_timestep=5)
+    with pytest.raises(ValueError):
+        camera_path(rec, "orbit", arc_degrees=0)
 
 
 def test_iter_frames_lazy_and_labelled(rec) -> None:

@@ -169,6 +169,7 @@ def camera_path(
     zoom: float = 0.9,
     hold: int = 0,
     loops: int = 1,
+    arc_degrees: float = 360.0,
 ) -> list[ViewCamera]:
     """Virtual cameras, one per frame.
 
@@ -177,7 +178,9 @@ def camera_path(
     timestep shown ``frames_per_step`` frames, the last one ``hold`` extra frames, all ``loops``
     times. ``orbit``: ``num_frames`` (default ``max(T * frames_per_step, 48)``) frames on one
     circle around the up axis through the scene centre, starting at the timeline viewpoint; at
-    ``orbit_timestep`` if given, else the timeline advances over the orbit.
+    ``orbit_timestep`` if given, else the timeline advances over the orbit. ``arc_degrees < 360``
+    swings back and forth over that arc around the start instead (for front-facing captures whose
+    back side is empty).
     """
     if mode not in ("timeline", "orbit"):
         raise ValueError(f"mode must be 'timeline' or 'orbit', got {mode!r}")
@@ -200,8 +203,8 @@ def camera_path(
     if orbit_timestep is not None and not -n_t <= orbit_timestep < n_t:
         raise ValueError(f"orbit_timestep {orbit_timestep} out of range for T={n_t}")
     n = int(num_frames) if num_frames is not None else max(n_t * frames_per_step, 48)
-    if n < 1:
-        raise ValueError(f"num_frames must be >= 1, got {n}")
+    if n < 1 or not 0.0 < arc_degrees <= 360.0:
+        raise ValueError(f"need num_frames >= 1 and 0 < arc_degrees <= 360, got {n}, {arc_degrees}")
     rel = eye - centre
     height = float(rel @ up_vec)
     radial = rel - height * up_vec
@@ -213,7 +216,8 @@ def camera_path(
     e2 = np.cross(up_vec, e1)
     cams = []
     for i in range(n):
-        ang = 2.0 * np.pi * i / n
+        phase = 2.0 * np.pi * i / n
+        ang = phase if arc_degrees >= 360.0 else np.deg2rad(arc_degrees) / 2.0 * np.sin(phase)
         pos = centre + height * up_vec + radius * (np.cos(ang) * e1 + np.sin(ang) * e2)
         t = orbit_timestep % n_t if orbit_timestep is not None else min(i * n_t // n, n_t - 1)
         cams.append(ViewCamera(look_at(pos, centre, up_vec), k, t))
@@ -360,6 +364,7 @@ def record(
     background: Sequence[int] = (18, 18, 22),
     max_points: int | None = 400_000,
     num_threads: int | None = None,
+    arc_degrees: float = 360.0,
 ) -> Path:
     """Render ``rec`` along ``camera_path(mode, ...)`` and write an H.264 (yuv420p) MP4.
 
@@ -382,7 +387,7 @@ def record(
     if conf_percentile is not None and not 0.0 <= conf_percentile <= 100.0:
         raise ValueError(f"conf_percentile must be in [0, 100], got {conf_percentile}")
     views = camera_path(rec, mode, (height, width), frames_per_step, num_frames, orbit_timestep, up,
-                        hold=hold, loops=loops)
+                        hold=hold, loops=loops, arc_degrees=arc_degrees)
     frames = iter_frames(rec, views, (height, width), point_size, color_by, conf_percentile, show_cameras,
                          label, background, max_points)
     out = Path(out_path).absolute()

@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="drop points below this confidence percentile, 0-100 or 'none' (default 20)")
     p.add_argument("--frames-per-step", type=int, default=2, metavar="K", help="frames per timestep (default 2)")
     p.add_argument("--num-frames", type=int, default=None, help="orbit length in frames")
+    p.add_argument("--arc", type=float, default=360.0, metavar="DEG",
+                   help="orbit: swing back and forth over this arc instead of a full circle (default 360)")
     p.add_argument("--orbit-timestep", type=int, default=None, help="orbit a single frozen timestep")
     p.add_argument("--point-size", type=int, default=2, help="splat width in pixels (default 2)")
     p.add_argument("--up", choices=("-y", "+z"), default="-y", help="world up axis (default -y, OpenCV/VGGT)")
@@ -99,7 +101,7 @@ def run_record(args: argparse.Namespace) -> int:
         color_by=args.color_by, conf_percentile=args.conf_percentile, frames_per_step=args.frames_per_step,
         show_cameras=args.show_cameras, progress=progress, up=args.up, num_frames=args.num_frames,
         orbit_timestep=args.orbit_timestep, hold=args.hold, loops=args.loops,
-        label=args.label, num_threads=args.threads,
+        label=args.label, num_threads=args.threads, arc_degrees=args.arc,
     )
     log.info("wrote %s (%s, %.1fs)", out, args.mode, time.monotonic() - start)
     print(out)
