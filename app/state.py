@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vggt_mv.inference.pipeline import Cancelled
+from vggt_mv.inference.pipeline import reconstruct
 from vggt_mv.inference.reconstruction import Reconstruction
 
 from .compare import Comparison, align_reconstruction, compare
@@ -52,10 +54,6 @@ _MODEL_LOCK = threading.Lock()
 
 class UserError(ValueError):
     """A problem with the user's input; its message is shown in the page as-is."""
-
-
-class Cancelled(RuntimeError):
-    pass
 
 
 class CancelToken(threading.Event):
@@ -152,32 +150,18 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             cfg.sparse.strategy = "memory_bank"
             cfg.validate()
         ckpt = checkpoint or (str(auto) if auto else None)
-        try:
-            from vggt_mv.weights import load_model  # type: ignore[attr-defined]
-        except ImportError:
-            load_model = None
-        if load_model is not None:
-            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device)
-            if ckpt or pi3:
-                names = ", ".join(Path(p).name for p in (ckpt, pi3) if p)
-                banner = f"weights: {names} ({'bundled demo weights' if auto else 'user files'})"
-                summary = getattr(report, "summary", None)
-                if callable(summary):
-                    try:
-                        banner += f" — {summary()}"
-                    except Exception:  # noqa: BLE001 - the banner must not fail the run
-                        pass
-            else:
-                banner = f"random {preset} weights: geometry is not meaningful"
-        else:
-            if ckpt or pi3:
-                raise UserError("this build has no weights loader (vggt_mv.weights.load_model is missing); "
-                                "run without --checkpoint/--pi3 or update vggt_mv")
-            from vggt_mv.model.vggt_mv import VGGTMV
+        from vggt_mv.weights import load_model
 
-            model = VGGTMV(cfg).to(device).eval()
-            banner = (f"random {preset} weights: geometry is not meaningful "
-                      "(vggt_mv.weights.load_model not available; model built directly)")
+        try:
+            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device)
+        except ValueError as exc:  # wrong file / role / variant: show it, keep the app running
+            raise UserError(str(exc)) from exc
+        if ckpt or pi3:
+            names = ", ".join(Path(p).name for p in (ckpt, pi3) if p)
+            loaded = "; ".join(f"{src} {100 * report.fraction_loaded(src):.0f}% loaded" for src in report.source_totals)
+            banner = f"weights: {names} ({'bundled demo weights' if auto else 'user files'}) — {loaded}"
+        else:
+            banner = f"random {preset} weights: geometry is not meaningful"
         if bank:
             banner += " · memory_bank: model rebuilt with fresh (untrained) memory tokens"
         model.eval()
@@ -191,10 +175,8 @@ _CACHE: list[Any] = []
 def _pipeline_cache() -> Any:
     """One process-wide ``PipelineCache`` (keys are content hashes, so sharing across tabs is safe)."""
     if not _CACHE:
-        try:
-            from vggt_mv.inference.cache import PipelineCache
-        except ImportError:
-            return None
+        from vggt_mv.inference.cache import PipelineCache
+
         _CACHE.append(PipelineCache(max_bytes=1 << 30))
     return _CACHE[0]
 
@@ -206,25 +188,6 @@ def _gt_dict(scene: Any) -> dict | None:
     out = {k: getattr(gt, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")
            if getattr(gt, k, None) is not None}
     return out or None
-
-
-def _direct_reconstruct(scene: Any, model: Any, layout: str | None, device: str,
-                        cancel: CancelToken) -> Reconstruction:
-    """Fallback while ``vggt_mv.inference.pipeline`` is missing: one forward pass over all frames."""
-    import torch
-
-    images = scene.images[None].to(device)
-    masks = None if scene.ext_masks is None else scene.ext_masks[None].to(device)
-    with torch.no_grad():
-        out = model(images, ext_masks=masks, layout=layout)
-    if cancel.is_set():
-        raise Cancelled()
-    get = lambda k: None if k not in out else out[k][0].float().cpu().numpy()  # noqa: E731
-    return Reconstruction(
-        images=scene.images.numpy(), depth=get("depth"), depth_conf=get("depth_conf"),
-        world_points=get("world_points"), world_points_conf=get("world_points_conf"),
-        extrinsic=get("extrinsic"), intrinsic=get("intrinsic"), dynamic_mask=get("dynamic_mask"),
-        view_names=list(scene.view_names), meta={"runner": "app fallback (single pass)"}, gt=_gt_dict(scene))
 
 
 def run_reconstruction(params: RunParams, progress: Callable[[float, str], None] | None = None,
@@ -271,11 +234,6 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
             notes.append(f"preset {params.preset} has no mask head: λ sliders have no effect")
         model.config.sparse.strategy = params.strategy
         report(0.15, "reconstructing")
-        try:
-            from vggt_mv.inference.pipeline import reconstruct  # type: ignore[import-not-found]
-        except ImportError:
-            reconstruct = None
-
         def prog(*args: Any, **kwargs: Any) -> None:
             frac = next((a for a in args if isinstance(a, (int, float))), None)
             if isinstance(frac, (int, float)) and len(args) >= 2 and isinstance(args[1], (int, float)) and args[1]:
@@ -285,23 +243,12 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
                 raise Cancelled()
             report(0.15 + 0.8 * float(np.clip(frac if frac is not None else 0.5, 0, 1)), str(msg))
 
-        if reconstruct is not None:
-            from vggt_mv.inference import pipeline as _pl
-
-            cache = _pipeline_cache()
-            hits0 = getattr(cache, "hits", 0)
-            try:
-                rec = reconstruct(scene, model, window=int(params.window), overlap=int(params.overlap),
-                                  layout=layout, device=device, progress=prog, cancel=cancel,
-                                  cache=cache)
-            except getattr(_pl, "Cancelled", Cancelled) as exc:
-                raise Cancelled() from exc
-            hits = getattr(cache, "hits", 0) - hits0
-            if hits:
-                notes.append(f"reused cached upstream layers for {hits} window(s)")
-        else:
-            notes.append("vggt_mv.inference.pipeline not available yet: one forward pass over all frames")
-            rec = _direct_reconstruct(scene, model, layout, device, cancel)
+        cache = _pipeline_cache()
+        hits0 = cache.hits
+        rec = reconstruct(scene, model, window=int(params.window), overlap=int(params.overlap),
+                          layout=layout, device=device, progress=prog, cancel=cancel, cache=cache)
+        if cache.hits - hits0:
+            notes.append(f"reused cached upstream layers for {cache.hits - hits0} window(s)")
     if cancel.is_set():
         raise Cancelled()
     if rec.gt is None:
