@@ -1,0 +1,179 @@
+"""Training code: losses, GT consistency of the procedural dataset, overfitting, lambda gradients,
+exact checkpoint resumption, and the ``vggt-mv train`` CLI end to end (tiny sizes, CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vggt_mv.config import ModelConfig
+from vggt_mv.data.synthetic import SyntheticSceneConfig, render_scene
+from vggt_mv.train.data import SAMPLE_SEED, SyntheticDynamicDataset, normalize_scene
+from vggt_mv.train.losses import LossConfig, compute_losses
+from vggt_mv.train.trainer import TrainConfig, Trainer, lr_at
+
+T, V, H, W = 2, 2, 28, 42
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(steps=4, timesteps=T, views=V, height=H, width=W, warmup=1, val_every=0,
+                log_every=1, ckpt_every=2, threads=2, ext_mask_prob=0.5, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    return SyntheticDynamicDataset(T, V, H, W, seed=0, ext_mask_prob=1.0).batch(1)
+
+
+def perfect_outputs(b: dict[str, torch.Tensor], iters: int = 4) -> dict[str, torch.Tensor]:
+    ones = torch.ones_like(b["depth"])
+    return {
+        "pose_enc_list": b["pose_enc"][None].expand(iters, *b["pose_enc"].shape).clone(),
+        "depth": b["depth"][..., None].clone(), "depth_conf": ones.clone(),
+        "world_points": b["world_points"].clone(), "world_points_conf": ones.clone(),
+        "dynamic_mask": (b["dynamic_mask_patch"] > 0.5).float(),
+    }
+
+
+def test_losses_zero_for_perfect_and_positive_otherwise(batch):
+    b = dict(batch)
+    b["dynamic_mask_patch"] = (b["dynamic_mask_patch"] > 0.5).float()  # binary target: BCE minimum ~0
+    cfg = LossConfig()
+    terms = compute_losses(perfect_outputs(b), b, cfg)
+    for k in ("camera", "cam_T", "cam_R", "cam_FL", "depth", "depth_grad", "point", "point_grad", "depth_err"):
+        assert float(terms[k]) == pytest.approx(0.0, abs=1e-6), k
+    assert float(terms["mask"]) < 2e-4 and float(terms["loss"]) < 2e-4
+    # the quaternion sign is irrelevant
+    flipped = perfect_outputs(b)
+    flipped["pose_enc_list"][..., 3:7] *= -1
+    assert float(compute_losses(flipped, b, cfg)["camera"]) == pytest.approx(0.0, abs=1e-6)
+    # perturbing any prediction makes its term positive
+    g = torch.Generator().manual_seed(0)
+    for key, term in (("pose_enc_list", "camera"), ("depth", "depth"), ("world_points", "point"), ("dynamic_mask", "mask")):
+        out = perfect_outputs(b)
+        noise = 0.3 * torch.randn(out[key].shape, generator=g)
+        out[key] = 0.25 + 0.5 * out[key] if key == "dynamic_mask" else out[key] + noise
+        t = compute_losses(out, b, cfg)
+        assert float(t[term]) > 1e-2, term
+        assert float(t["loss"]) > float(terms["loss"]) + 1e-2
+    # confidence: loss is c*e - alpha*log(c); for a perfect prediction higher confidence is lower loss
+    out = perfect_outputs(b)
+    out["depth_conf"] = out["depth_conf"] * 3
+    assert float(compute_losses(out, b, cfg)["depth_reg"]) == pytest.approx(-cfg.alpha * np.log(3), rel=1e-5)
+    # later refinement iterations weigh more (gamma^(n-1-i))
+    early, late = perfect_outputs(b), perfect_outputs(b)
+    early["pose_enc_list"][0] += 0.1
+    late["pose_enc_list"][-1] += 0.1
+    assert float(compute_losses(late, b, cfg)["camera"]) > float(compute_losses(early, b, cfg)["camera"])
+
+
+def test_dataset_ground_truth_is_consistent():
+    cfg = SyntheticSceneConfig(T=T, V=3, H=H, W=W)
+    scene = render_scene(cfg, seed=11)
+    gt = normalize_scene(scene)
+    valid = gt["valid"].numpy()
+    assert valid.mean() > 0.5
+    # reference camera is the identity, and the mean distance of valid points to it is 1
+    assert torch.allclose(gt["extrinsic"][0, 0], torch.eye(3, 4), atol=1e-6)
+    assert float(gt["world_points"].norm(dim=-1)[gt["valid"]].mean()) == pytest.approx(1.0, abs=1e-4)
+    # independent numpy unprojection of the raw scene, moved to the reference frame and scaled
+    scale = float(gt["scale"])
+    e_ref = np.vstack([scene.extrinsic[0, 0], [0, 0, 0, 1]]).astype(np.float64)
+    vv, uu = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    pix = np.stack([uu, vv, np.ones_like(uu)], -1).astype(np.float64)
+    for t in range(T):
+        for v in range(3):
+            k, e, d = scene.intrinsic[t, v].astype(np.float64), scene.extrinsic[t, v].astype(np.float64), scene.depth[t, v]
+            cam = (pix @ np.linalg.inv(k).T) * d[..., None]
+            world = (cam - e[:, 3]) @ e[:, :3]                 # R^T (x - t)
+            ref = (world @ e_ref[:3, :3].T + e_ref[:3, 3]) / scale
+            m = valid[t, v]
+            np.testing.assert_allclose(gt["world_points"][t, v].numpy()[m], ref[m], atol=1e-4)
+            # GT depth + GT (normalised) cameras reproduce the GT points: z of the point in each camera
+            ext = gt["extrinsic"][t, v].double().numpy()
+            z = (ref @ ext[:, :3].T + ext[:, 3])[..., 2]
+            np.testing.assert_allclose(z[m], gt["depth"][t, v].numpy()[m], rtol=1e-4, atol=1e-5)
+    assert torch.all(gt["depth"][~gt["valid"]] == 0)
+    pe = gt["pose_enc"]
+    assert pe.shape == (T, 3, 9) and torch.allclose(pe[0, 0, 3:7], torch.tensor([0.0, 0, 0, 1]), atol=1e-6)
+    assert gt["dynamic_mask_patch"].shape == (T, 3, H // 14, W // 14)
+    assert float(gt["dynamic_mask_patch"].mean()) == pytest.approx(float(gt["dynamic_mask"].mean()), abs=1e-5)
+
+
+def test_dataset_never_draws_the_sample_seed_and_is_reproducible():
+    ds = SyntheticDynamicDataset(T, V, H, W, seed=5)
+    draws = iter([SAMPLE_SEED, SAMPLE_SEED, 4242])
+
+    class FakeRng:
+        def integers(self, *a, **k):
+            return next(draws)
+
+    ds.rng = FakeRng()  # type: ignore[assignment]
+    assert ds.next_seed() == 4242
+    a = SyntheticDynamicDataset(T, V, H, W, seed=9).batch(1)
+    b = SyntheticDynamicDataset(T, V, H, W, seed=9).batch(1)
+    assert torch.equal(a["images"], b["images"]) and int(a["seed"]) not in (SAMPLE_SEED,)
+
+
+def test_overfit_fixed_batch_and_lambda_gradients(batch):
+    tr = Trainer(small_cfg(steps=12, lr=2e-3, warmup=1, lambda_lr_mult=10.0))
+    first = tr.train_step(batch)
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "external_gain", "feature_gain"):
+        assert first[f"grad_{name}"] != 0.0, name  # learnable lambdas / fusion gains receive gradients
+    losses = [first["loss"]] + [tr.train_step(batch)["loss"] for _ in range(11)]
+    assert min(losses[-3:]) < 0.7 * losses[0], losses
+    lam = tr.model.lambdas()
+    assert any(abs(v) > 1e-3 for v in lam.values()), lam  # the lambdas moved
+    assert tr.model.aggregator.spatial_mask_head is not None
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(40, cfg) > lr_at(70, cfg)
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    full = Trainer(small_cfg(steps=3), tmp_path / "full")
+    full.fit(progress=False)
+    part = Trainer(small_cfg(steps=2), tmp_path / "part")
+    part.fit(progress=False)                      # writes checkpoint.pt at step 2
+    resumed = Trainer.resume(tmp_path / "part" / "checkpoint.pt", tmp_path / "part", steps=3)
+    assert resumed.step == 2
+    resumed.fit(progress=False)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.data.state_dict()["rng"] == resumed.data.state_dict()["rng"]
+
+
+def test_cli_trains_and_writes_loadable_weights(tmp_path):
+    import json
+
+    from vggt_mv.cli import main
+    from vggt_mv.weights.loader import load_model
+
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "tiny", "--steps", "2", "--out", str(out), "--size", f"{H}x{W}",
+               "--views", str(V), "--timesteps", str(T), "--threads", "2", "--val-every", "2",
+               "--no-progress", "--seed", "1", "--log-every", "1"])
+    assert rc == 0
+    for name in ("checkpoint.pt", "model.safetensors", "model.json", "train_log.json"):
+        assert (out / name).is_file(), name
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["step"] == 2 and len(log["history"]) == 2 and "val_abs_rel" in log["history"][-1]
+    model, report = load_model(ModelConfig.preset("tiny"), checkpoint=out / "model.safetensors")
+    n = len(model.state_dict())
+    assert report.fraction_loaded("checkpoint") == pytest.approx(1.0)
+    assert not report.left_at_init and not report.skipped
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    sd = model.state_dict()
+    assert set(ckpt["model"]) == set(sd) and len(sd) == n
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, sd[k]), k  # 100% of tensors loaded from the file
+    assert main(["train", "--steps", "2", "--out", str(out), "--no-progress"]) == 2  # refuses to overwrite
+    assert main(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0

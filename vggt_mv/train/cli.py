@@ -1,0 +1,85 @@
+"""``vggt-mv train``: train a (tiny) VGGT-MV on procedural multi-camera dynamic scenes.
+
+Writes ``OUT/checkpoint.pt`` every ``--ckpt-every`` steps, ``OUT/train_log.json`` every
+``--log-every`` steps and, at the end, ``OUT/model.safetensors`` (+ ``model.json``) via
+``save_merged``. ``--resume`` continues from ``OUT/checkpoint.pt`` with its saved settings
+(``--steps`` may extend the run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 126x168 (HxW), got {text!r}") from None
+    if h <= 0 or w <= 0 or h % 14 or w % 14:
+        raise argparse.ArgumentTypeError(f"--size {text}: H and W must be positive multiples of 14")
+    return h, w
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    d = TrainConfig()
+    p = subparsers.add_parser("train", help="train a model on procedural dynamic scenes (CPU friendly)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=d.preset, help="model preset (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--size", type=_size, default=(d.height, d.width), help="HxW, multiples of 14 (default: 126x168)")
+    p.add_argument("--views", type=int, default=d.views)
+    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--batch", type=int, default=d.batch_size, help="scenes per step (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--ext-mask-prob", type=float, default=d.ext_mask_prob,
+                   help="share of samples that feed the GT mask as external mask (default: %(default)s)")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``vggt-mv train``; returns the exit code."""
+    if args.steps <= 0:
+        raise ValueError("--steps must be positive")
+    for name in ("views", "timesteps", "batch", "threads", "log_every", "ckpt_every"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    out: Path = args.out
+    ckpt = out / CHECKPOINT_NAME
+    if args.resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        trainer = Trainer.resume(ckpt, out, steps=args.steps)
+        print(f"resuming {ckpt} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
+    else:
+        if ckpt.exists():
+            raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+        h, w = args.size
+        cfg = TrainConfig(
+            preset=args.preset, steps=args.steps, lr=args.lr, warmup=min(args.warmup, args.steps),
+            weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
+            timesteps=args.timesteps, views=args.views, height=h, width=w,
+            ext_mask_prob=args.ext_mask_prob, seed=args.seed, threads=args.threads,
+            log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
+        )
+        trainer = Trainer(cfg, out)
+    summary = trainer.fit(progress=not args.no_progress)
+    print(json.dumps({"out": str(out), "step": trainer.step, **summary,
+                      "lambdas": trainer.model.lambdas()}, indent=1))
+    return 0

@@ -1,0 +1,171 @@
+"""On-the-fly training data: procedural multi-camera dynamic scenes with VGGT-normalised GT.
+
+Every sample is a fresh :func:`vggt_mv.data.synthetic.render_scene` scene drawn from a seeded
+``numpy`` generator (the shipped sample's seed 7 and the validation seeds are never drawn).
+Ground truth is expressed like VGGT's training targets:
+
+* frame: the reference camera (t=0, v=0) — its extrinsic becomes ``[I | 0]``;
+* scale: translations, depths and points are divided by the mean distance of the valid GT points
+  (all T*V images) to the reference camera origin, so that mean distance becomes 1.
+
+Shapes per sample (``T, V, H, W``; ``h, w = H/14, W/14``):
+``images [T,V,3,H,W]`` float in [0,1], ``depth [T,V,H,W]`` (0 where invalid), ``valid [T,V,H,W]``
+bool, ``world_points [T,V,H,W,3]``, ``extrinsic [T,V,3,4]`` (camera-from-reference, OpenCV),
+``intrinsic [T,V,3,3]``, ``pose_enc [T,V,9]`` (absT_quaR_FoV), ``dynamic_mask [T,V,H,W]`` float,
+``dynamic_mask_patch [T,V,h,w]`` (fraction of dynamic pixels per patch), ``ext_masks [T,V,H,W]``
+(the GT mask given as the model's optional external mask, or zeros), ``ext_mask_on [()]`` bool,
+``scale [()]`` and ``seed [()]``. :meth:`SyntheticDynamicDataset.batch` stacks them to ``[B,...]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vggt_mv.data.synthetic import SyntheticScene, SyntheticSceneConfig, render_scene
+from vggt_mv.heads.pose_encoding import extri_intri_to_pose_encoding
+
+PATCH = 14
+SAMPLE_SEED = 7  # assets/sample (scripts/make_sample.py): held out, never used for training
+VAL_SEEDS = tuple(range(100, 108))  # fixed validation scenes, never drawn for training
+EXCLUDED_SEEDS = frozenset({SAMPLE_SEED, *VAL_SEEDS})
+_SEED_LO, _SEED_HI = 1_000, 2**31 - 1
+
+
+@dataclass
+class SceneSampling:
+    """Ranges of the per-scene randomisation on top of :class:`SyntheticSceneConfig`."""
+
+    fov_deg: tuple[float, float] = (50.0, 70.0)
+    n_moving: tuple[int, int] = (1, 3)        # inclusive
+    n_static_boxes: tuple[int, int] = (1, 3)  # inclusive
+    fps: tuple[float, float] = (6.0, 14.0)    # speed of motion per timestep
+
+
+def to_homogeneous(ext: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, 4]`` -> ``[..., 4, 4]``."""
+    bottom = torch.zeros(*ext.shape[:-2], 1, 4, dtype=ext.dtype, device=ext.device)
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([ext, bottom], dim=-2)
+
+
+def unproject_depth(depth: torch.Tensor, intrinsic: torch.Tensor, extrinsic: torch.Tensor) -> torch.Tensor:
+    """Depth ``[..., H, W]``, intrinsic ``[..., 3, 3]``, extrinsic (camera-from-world) ``[..., 3, 4]``
+    -> world points ``[..., H, W, 3]`` (integer pixel coordinates are pixel centres)."""
+    h, w = depth.shape[-2:]
+    vv, uu = torch.meshgrid(torch.arange(h, dtype=depth.dtype), torch.arange(w, dtype=depth.dtype), indexing="ij")
+    fx, fy = intrinsic[..., 0, 0, None, None], intrinsic[..., 1, 1, None, None]
+    cx, cy = intrinsic[..., 0, 2, None, None], intrinsic[..., 1, 2, None, None]
+    cam = torch.stack([(uu - cx) / fx * depth, (vv - cy) / fy * depth, depth], dim=-1)  # [..., H, W, 3]
+    rot, t = extrinsic[..., :3, :3], extrinsic[..., :3, 3]
+    # world = R^T (cam - t)
+    return torch.einsum("...ji,...hwj->...hwi", rot, cam - t[..., None, None, :])
+
+
+def normalize_scene(scene: SyntheticScene, patch: int = PATCH) -> dict[str, torch.Tensor]:
+    """A rendered scene -> GT tensors in the reference-camera frame at VGGT's scale (module doc)."""
+    images = torch.from_numpy(scene.images).permute(0, 1, 4, 2, 3).float() / 255.0  # [T,V,3,H,W]
+    depth = torch.from_numpy(scene.depth).double()                                  # [T,V,H,W]
+    intr = torch.from_numpy(scene.intrinsic).double()
+    ext = to_homogeneous(torch.from_numpy(scene.extrinsic).double())               # [T,V,4,4]
+    valid = depth > 0
+    rel = ext @ torch.linalg.inv(ext[0, 0])                                         # cam-from-ref
+    pts = unproject_depth(depth, intr, rel[..., :3, :])                             # ref frame
+    dist = pts.norm(dim=-1)[valid]
+    if dist.numel() == 0:
+        raise ValueError(f"scene seed {scene.seed} has no valid depth")
+    scale = dist.mean()
+    rel_s = rel[..., :3, :].clone()
+    rel_s[..., :3, 3] /= scale
+    depth_s = depth / scale
+    pts_s = torch.where(valid[..., None], pts / scale, torch.zeros_like(pts))
+    h, w = depth.shape[-2:]
+    pose_enc = extri_intri_to_pose_encoding(rel_s.float(), intr.float(), (h, w))
+    dyn = torch.from_numpy(scene.dynamic_mask).float()
+    t, v = dyn.shape[:2]
+    dyn_patch = F.avg_pool2d(dyn.reshape(t * v, 1, h, w), patch).reshape(t, v, h // patch, w // patch)
+    return {
+        "images": images, "depth": depth_s.float(), "valid": valid, "world_points": pts_s.float(),
+        "extrinsic": rel_s.float(), "intrinsic": intr.float(), "pose_enc": pose_enc,
+        "dynamic_mask": dyn, "dynamic_mask_patch": dyn_patch,
+        "scale": scale.float(), "seed": torch.tensor(scene.seed, dtype=torch.long),
+    }
+
+
+class SyntheticDynamicDataset:
+    """Infinite stream of random scenes; reproducible from ``seed`` and resumable via ``state_dict``.
+
+    ``ext_mask_prob``: probability that a sample carries its GT dynamic mask as the model's
+    external mask (teaches the learnable fusion gain to use user masks); otherwise zeros.
+    """
+
+    def __init__(
+        self, T: int = 4, V: int = 3, H: int = 126, W: int = 168, seed: int = 0,
+        sampling: SceneSampling | None = None, ext_mask_prob: float = 0.0,
+    ) -> None:
+        if H % PATCH or W % PATCH:
+            raise ValueError(f"training size {H}x{W} must be multiples of {PATCH}")
+        if not 0.0 <= ext_mask_prob <= 1.0:
+            raise ValueError(f"ext_mask_prob must be in [0, 1], got {ext_mask_prob}")
+        self.base = SyntheticSceneConfig(T=T, V=V, H=H, W=W)
+        self.sampling = sampling or SceneSampling()
+        self.ext_mask_prob = float(ext_mask_prob)
+        self.rng = np.random.default_rng(seed)
+
+    # ------------------------------------------------------------------ sampling
+    def next_seed(self) -> int:
+        """Next scene seed from the generator, never one of :data:`EXCLUDED_SEEDS`."""
+        while True:
+            s = int(self.rng.integers(_SEED_LO, _SEED_HI))
+            if s not in EXCLUDED_SEEDS:
+                return s
+
+    def scene_config(self) -> SyntheticSceneConfig:
+        """A randomised copy of the base config (drawn from the generator)."""
+        sp = self.sampling
+        return replace(
+            self.base,
+            fov_deg=float(self.rng.uniform(*sp.fov_deg)),
+            n_moving=int(self.rng.integers(sp.n_moving[0], sp.n_moving[1] + 1)),
+            n_static_boxes=int(self.rng.integers(sp.n_static_boxes[0], sp.n_static_boxes[1] + 1)),
+            fps=float(self.rng.uniform(*sp.fps)),
+        )
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """One normalised scene (shapes in the module doc)."""
+        cfg = self.scene_config()
+        seed = self.next_seed()
+        use_ext = bool(self.rng.uniform() < self.ext_mask_prob)
+        out = normalize_scene(render_scene(cfg, seed))
+        out["ext_masks"] = out["dynamic_mask"].clone() if use_ext else torch.zeros_like(out["dynamic_mask"])
+        out["ext_mask_on"] = torch.tensor(use_ext)
+        return out
+
+    def batch(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """``batch_size`` samples stacked on a new leading dim ``B``."""
+        samples = [self.sample() for _ in range(batch_size)]
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "ext_mask_prob": self.ext_mask_prob}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def validation_batch(T: int, V: int, H: int, W: int, seeds: tuple[int, ...] = VAL_SEEDS[:2]) -> dict[str, torch.Tensor]:
+    """Fixed held-out scenes (default config, no external masks) stacked to ``[B,...]``."""
+    cfg = SyntheticSceneConfig(T=T, V=V, H=H, W=W)
+    samples = []
+    for s in seeds:
+        if s == SAMPLE_SEED:
+            raise ValueError(f"seed {SAMPLE_SEED} is the shipped sample and must stay unseen")
+        d = normalize_scene(render_scene(cfg, s))
+        d["ext_masks"] = torch.zeros_like(d["dynamic_mask"])
+        d["ext_mask_on"] = torch.tensor(False)
+        samples.append(d)
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

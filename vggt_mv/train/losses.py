@@ -1,0 +1,153 @@
+"""VGGT / PAGE-4D style training losses.
+
+* camera: L1 (or Huber) on the pose encodings of every refinement iteration, weighted
+  ``gamma^(n-1-i)`` (the last iteration weighs 1), split into translation / rotation / FoV terms
+  (VGGT weights 1 / 1 / 0.5);
+* depth and points: confidence-weighted regression ``c * ||pred - gt|| - alpha * log(c)`` on
+  valid pixels, plus a multi-scale gradient term on the error (also confidence weighted);
+* dynamic mask: BCE between the model's per-patch ``dynamic_mask`` probability (clamped) and the
+  fraction of dynamic pixels per patch.
+
+Shapes follow the model's 6-D outputs: ``pose_enc_list [N,B,T,V,9]``, ``depth [B,T,V,H,W,1]``,
+``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_mask [B,T,V,h,w]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (VGGT's camera 5 : depth 1 : point 1) and their settings."""
+
+    camera: float = 5.0
+    depth: float = 1.0
+    point: float = 1.0
+    mask: float = 1.0
+    gamma: float = 0.6          # pose iteration weighting gamma^(n-1-i)
+    alpha: float = 0.2          # confidence regulariser
+    grad: float = 1.0           # gradient term weight (relative, inside depth/point)
+    grad_scales: int = 3
+    weight_trans: float = 1.0
+    weight_rot: float = 1.0
+    weight_fov: float = 0.5
+    camera_loss_type: str = "l1"  # "l1" | "huber"
+    huber_delta: float = 0.1
+    max_error: float = 100.0    # per-pixel error clamp against outliers
+    mask_eps: float = 1e-4
+    mask_pos_weight: float = 1.0
+
+
+def _pose_term(pred: torch.Tensor, gt: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
+    """Mean over cameras of the summed per-dimension error; pred/gt ``[..., D]`` -> scalar."""
+    if kind == "l1":
+        err = (pred - gt).abs()
+    elif kind == "huber":
+        err = F.huber_loss(pred, gt, reduction="none", delta=delta)
+    else:
+        raise ValueError(f"camera_loss_type must be 'l1' or 'huber', got {kind!r}")
+    return err.sum(-1).clamp(max=100.0).mean()
+
+
+def camera_loss(pose_enc_list: torch.Tensor, gt_pose_enc: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """pose_enc_list ``[N,B,T,V,9]``, gt ``[B,T,V,9]`` -> ``{"camera", "cam_T", "cam_R", "cam_FL"}``.
+
+    Iteration ``i`` of ``N`` weighs ``gamma^(N-1-i)``; the weighted sum is divided by the sum of
+    weights. The quaternion's sign ambiguity is resolved by taking the closer of ``q`` / ``-q``.
+    """
+    n = pose_enc_list.shape[0]
+    weights = [cfg.gamma ** (n - 1 - i) for i in range(n)]
+    terms = {"cam_T": 0.0, "cam_R": 0.0, "cam_FL": 0.0}
+    for w, pred in zip(weights, pose_enc_list):
+        q_gt = gt_pose_enc[..., 3:7]
+        q_gt = torch.where(((pred[..., 3:7] * q_gt).sum(-1, keepdim=True) < 0), -q_gt, q_gt)
+        terms["cam_T"] = terms["cam_T"] + w * _pose_term(pred[..., :3], gt_pose_enc[..., :3], cfg.camera_loss_type, cfg.huber_delta)
+        terms["cam_R"] = terms["cam_R"] + w * _pose_term(pred[..., 3:7], q_gt, cfg.camera_loss_type, cfg.huber_delta)
+        terms["cam_FL"] = terms["cam_FL"] + w * _pose_term(pred[..., 7:], gt_pose_enc[..., 7:], cfg.camera_loss_type, cfg.huber_delta)
+    total_w = sum(weights)
+    out = {k: v / total_w for k, v in terms.items()}  # type: ignore[operator]
+    out["camera"] = cfg.weight_trans * out["cam_T"] + cfg.weight_rot * out["cam_R"] + cfg.weight_fov * out["cam_FL"]
+    return out
+
+
+def conf_regression_loss(
+    pred: torch.Tensor, gt: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor, alpha: float, max_error: float = 100.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VGGT's confidence-aware regression on valid pixels.
+
+    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> (``mean(c*e - alpha*log c)``,
+    unweighted ``mean(e)``) with ``e = ||pred - gt||_2`` clamped to ``max_error``.
+    """
+    err = (pred - gt).norm(dim=-1).clamp(max=max_error)
+    v = valid.to(err.dtype)
+    count = v.sum().clamp_min(1.0)
+    loss = ((conf * err - alpha * torch.log(conf)) * v).sum() / count
+    return loss, (err * v).sum() / count
+
+
+def gradient_loss(
+    pred: torch.Tensor, gt: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor, scales: int = 3, max_error: float = 100.0,
+) -> torch.Tensor:
+    """Multi-scale gradient matching of the error ``d = pred - gt``.
+
+    At stride ``s = 2^k`` (k < ``scales``): ``|d(x+s) - d(x)|`` summed over channels along x and y,
+    on pairs whose two pixels are valid, weighted by the mean confidence of the pair.
+    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> scalar.
+    """
+    diff = pred - gt
+    total = pred.new_zeros(())
+    for k in range(scales):
+        s = 2 ** k
+        d, c, m = diff[..., ::s, ::s, :], conf[..., ::s, ::s], valid[..., ::s, ::s].to(pred.dtype)
+        parts = []
+        for dim in (-3, -2):  # y, x on the [..., H, W, C] tensor
+            n = d.shape[dim]
+            if n < 2:
+                continue
+            g = (d.narrow(dim, 1, n - 1) - d.narrow(dim, 0, n - 1)).abs().sum(-1).clamp(max=max_error)
+            cd = dim + 1  # the same axis on the [..., H, W] tensors
+            pair = m.narrow(cd, 1, n - 1) * m.narrow(cd, 0, n - 1)
+            cw = 0.5 * (c.narrow(cd, 1, n - 1) + c.narrow(cd, 0, n - 1))
+            parts.append((g * cw * pair).sum() / pair.sum().clamp_min(1.0))
+        if parts:
+            total = total + sum(parts) / len(parts)
+    return total / scales
+
+
+def mask_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-4, pos_weight: float = 1.0) -> torch.Tensor:
+    """BCE of the dynamic probability ``[B,T,V,h,w]`` (clamped to ``[eps, 1-eps]``) vs the target fraction."""
+    p = prob.clamp(eps, 1.0 - eps)
+    t = target.to(p.dtype)
+    return -(pos_weight * t * torch.log(p) + (1.0 - t) * torch.log1p(-p)).mean()
+
+
+def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig | None = None) -> dict[str, torch.Tensor]:
+    """All terms for model outputs ``out`` and a :mod:`vggt_mv.train.data` batch; ``"loss"`` is the total.
+
+    Other keys: ``camera`` (+ ``cam_T/cam_R/cam_FL``), ``depth`` (``depth_reg``, ``depth_grad``,
+    ``depth_err``), ``point`` (``point_reg``, ``point_grad``, ``point_err``), ``mask``.
+    """
+    cfg = cfg or LossConfig()
+    terms: dict[str, torch.Tensor] = {}
+    total = 0.0
+    valid = batch["valid"]
+    if "pose_enc_list" in out:
+        terms.update(camera_loss(out["pose_enc_list"], batch["pose_enc"], cfg))
+        total = total + cfg.camera * terms["camera"]
+    for name, key, gt in (("depth", "depth", batch["depth"][..., None]), ("point", "world_points", batch["world_points"])):
+        if key not in out:
+            continue
+        pred, conf = out[key], out[f"{key}_conf"]
+        reg, err = conf_regression_loss(pred, gt, conf, valid, cfg.alpha, cfg.max_error)
+        grad = gradient_loss(pred, gt, conf, valid, cfg.grad_scales, cfg.max_error)
+        terms[f"{name}_reg"], terms[f"{name}_grad"], terms[f"{name}_err"] = reg, grad, err.detach()
+        terms[name] = reg + cfg.grad * grad
+        total = total + getattr(cfg, name) * terms[name]
+    if "dynamic_mask" in out and cfg.mask > 0:
+        terms["mask"] = mask_loss(out["dynamic_mask"], batch["dynamic_mask_patch"], cfg.mask_eps, cfg.mask_pos_weight)
+        total = total + cfg.mask * terms["mask"]
+    terms["loss"] = total  # type: ignore[assignment]
+    return terms
