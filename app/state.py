@@ -190,22 +190,16 @@ def _gt_dict(scene: Any) -> dict | None:
     return out or None
 
 
-def run_reconstruction(params: RunParams, progress: Callable[[float, str], None] | None = None,
-                       cancel: CancelToken | None = None) -> tuple[Reconstruction, dict[str, Any]]:
-    """Load the scene, configure the (cached) model and reconstruct. Raises ``UserError`` for bad input."""
+def load_params_scene(params: RunParams) -> Any:
+    """The scene a run would use (validated options, frame range, resolution)."""
     from vggt_mv.data.scene import load_scene
 
-    cancel = cancel or CancelToken()
-    report = progress or (lambda frac, msg: None)
-    t0 = time.time()
     if params.preset not in PRESETS:
         raise UserError(f"unknown preset {params.preset!r}; choose one of {', '.join(PRESETS)}")
     if params.strategy not in STRATEGIES:
         raise UserError(f"unknown sparse strategy {params.strategy!r}")
     if params.resolution % 14:
         raise UserError(f"resolution must be a multiple of 14, got {params.resolution}")
-    device = resolve_device(params.device)
-    report(0.02, "loading scene")
     views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
     stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
     try:
@@ -215,6 +209,51 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         raise UserError(f"could not load the scene from {', '.join(params.views)}: {exc}") from exc
     if scene.T < 1:
         raise UserError("the frame range selects no frames; widen start/stop or lower the stride")
+    return scene
+
+
+def estimate_params(params: RunParams) -> str:
+    """A one-line time/memory estimate for the run ``params`` describe (before it starts)."""
+    from vggt_mv.config import ModelConfig
+    from vggt_mv.inference.estimate import estimate_run
+
+    scene = load_params_scene(params)
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    est = estimate_run(ModelConfig.preset(params.preset), scene.T, scene.V, scene.H, scene.W,
+                       window=int(params.window), overlap=int(params.overlap), layout=layout,
+                       device=resolve_device(params.device))
+    return f"Estimated {est} for T={scene.T} × V={scene.V} at {scene.H}×{scene.W}."
+
+
+def attention_diagnostics(params: RunParams) -> list[list[str]]:
+    """Per bias layer: camera-token attention mass on dynamic patches with vs without the bias,
+    on the first window of the scene with the current λ."""
+    from vggt_mv.eval.attention_mass import camera_attention_mass
+
+    scene = load_params_scene(params)
+    device = resolve_device(params.device)
+    model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy)
+    if not model.config.mask.enabled:
+        raise UserError(f"preset {params.preset} has no dynamic-mask head: nothing to diagnose")
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    images = scene.images[: int(params.window)][None].to(device)
+    with RUN_LOCK:
+        model.set_lambdas(lambda_pose=params.lambda_pose, lambda_geo=params.lambda_geo,
+                          lambda_pose_t=params.lambda_pose_t, lambda_geo_t=params.lambda_geo_t)
+        rows = camera_attention_mass(model, images, layout=layout)
+    return [[str(r["layer"]), r["stream"], f"{r['mass_without_bias']:.4f}", f"{r['mass_with_bias']:.4f}",
+             f"{r['mass_with_bias'] - r['mass_without_bias']:+.4f}"] for r in rows]
+
+
+def run_reconstruction(params: RunParams, progress: Callable[[float, str], None] | None = None,
+                       cancel: CancelToken | None = None) -> tuple[Reconstruction, dict[str, Any]]:
+    """Load the scene, configure the (cached) model and reconstruct. Raises ``UserError`` for bad input."""
+    cancel = cancel or CancelToken()
+    report = progress or (lambda frac, msg: None)
+    t0 = time.time()
+    device = resolve_device(params.device)
+    report(0.02, "loading scene")
+    scene = load_params_scene(params)
     if cancel.is_set():
         raise Cancelled()
     report(0.1, "loading model")

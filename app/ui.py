@@ -14,6 +14,7 @@ import numpy as np
 
 from .state import (
     LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
+    attention_diagnostics, estimate_params,
     SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
 )
 
@@ -171,11 +172,22 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                                             "orange) with the current one, Sim(3)-aligned.")
                         ab_table = gr.Dataframe(headers=["quantity", "value", "rel. to scene size"],
                                                 interactive=False, wrap=True, elem_id="ab-table")
+                    with gr.Tab("Diagnostics"):
+                        gr.Markdown("Attention mass that the camera tokens (what the camera head reads) put on "
+                                    "dynamic patches, per bias layer, with the current λ vs without the bias, "
+                                    "on the first window. A positive λ_pose should lower it in the pose stream. "
+                                    "Camera jitter and dynamic/static depth errors are in **Metrics**.")
+                        diag_btn = gr.Button("Compute attention diagnostic", elem_id="diag-btn")
+                        diag_table = gr.Dataframe(headers=["layer", "stream", "mass without bias", "mass with bias",
+                                                           "change"], interactive=False, elem_id="diag-table")
                     with gr.Tab("Export"):
                         with gr.Row():
                             b_npz = gr.Button("NPZ")
                             b_ply = gr.Button("PLY (zip, per timestep)")
                             b_glb = gr.Button("GLB")
+                        with gr.Row():
+                            rec_mode = gr.Radio(["timeline", "orbit"], value="timeline", label="video")
+                            b_rec = gr.Button("Record MP4", elem_id="record-btn")
                         export_file = gr.File(label="download", interactive=False)
                         export_msg = gr.Markdown("")
 
@@ -197,12 +209,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 return ("**Not ready:** session not started yet — reload the page.",) + (keep,) * 9
             sess.cancel.clear()
             try:
-                params = RunParams(
-                    views=parse_views(views_text), preset=preset_v, checkpoint=(ckpt_v or "").strip() or None,
-                    pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
-                    window=int(window_v or 8), overlap=int(overlap_v or 0), lambda_pose=lp, lambda_geo=lg,
-                    lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
-                    frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1))
+                params = _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
+                                 fs, fe, st, lp, lg, lpt, lgt, strat, lay)
                 rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel)
                 progress(0.97, desc="uploading scene")
                 sess.params = params
@@ -228,6 +236,27 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     gr.update(maximum=max(rec.num_timesteps - 1, 1), value=0),
                     rows if rows else [["(no ground truth)", ""]],
                     comp.rows() if comp is not None else [], ab_text, None)
+
+        def _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
+                    fs, fe, st, lp, lg, lpt, lgt, strat, lay) -> RunParams:
+            return RunParams(
+                views=parse_views(views_text), preset=preset_v, checkpoint=(ckpt_v or "").strip() or None,
+                pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
+                window=int(window_v or 8), overlap=int(overlap_v or 0), lambda_pose=lp, lambda_geo=lg,
+                lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
+                frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1))
+
+        def do_estimate(sess, *values):
+            try:
+                return f"{estimate_params(_params(*values[:17]))} Running…"
+            except UserError as exc:
+                return f"**Input problem:** {exc}"
+
+        def do_diag(sess, *values):
+            try:
+                return attention_diagnostics(_params(*values[:17])), gr.update()
+            except UserError as exc:
+                return [], f"**Input problem:** {exc}"
 
         def do_cancel(sess):
             if sess is not None:
@@ -269,6 +298,20 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 log.error("export failed:\n%s", traceback.format_exc())
                 return None, f"**Export failed:** `{type(exc).__name__}: {exc}`"
 
+        def do_record(sess, mode, color, conf_v, progress=gr.Progress()):
+            if sess is None or sess.rec is None:
+                return None, "Run a reconstruction first."
+            from vggt_mv.export.video import record
+
+            out = Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_video_")) / f"vggt_mv_{mode}.mp4"
+            try:
+                record(sess.rec, out, mode=mode, color_by=color, conf_percentile=float(conf_v) or None,
+                       progress=lambda done, total: progress(done / max(total, 1), desc="rendering frames"))
+            except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
+                log.error("recording failed:\n%s", traceback.format_exc())
+                return None, f"**Recording failed:** `{type(exc).__name__}: {exc}`"
+            return str(out), f"Recorded `{out.name}` ({out.stat().st_size / 1e6:.1f} MB, H.264)."
+
         run_inputs = [state, views, preset, device, resolution, window, overlap, checkpoint, pi3, f_start,
                       f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, ab, conf]
         run_outputs = [status, banner, g_img, g_depth, g_mask, t_gallery, metrics, ab_table, ab_md, export_file]
@@ -277,13 +320,16 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
         if autorun:
             load_evt.then(do_run, inputs=run_inputs, outputs=run_outputs)
         preset.change(on_preset, inputs=[preset], outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner])
-        run_btn.click(do_run, inputs=run_inputs, outputs=run_outputs, concurrency_limit=None)
+        run_btn.click(do_estimate, inputs=run_inputs, outputs=[status]).then(
+            do_run, inputs=run_inputs, outputs=run_outputs, concurrency_limit=None)
+        diag_btn.click(do_diag, inputs=run_inputs, outputs=[diag_table, status])
         cancel_btn.click(do_cancel, inputs=[state], outputs=[status], queue=False)
         t_gallery.change(on_t, inputs=[state, t_gallery], outputs=[g_img, g_depth, g_mask], show_progress="hidden")
         conf.release(on_conf, inputs=[state, conf], show_progress="hidden")
         color_by.change(on_color, inputs=[state, color_by], show_progress="hidden")
         b_npz.click(lambda s, c: do_export(s, "npz", c), inputs=[state, conf], outputs=[export_file, export_msg])
         b_ply.click(lambda s, c: do_export(s, "ply", c), inputs=[state, conf], outputs=[export_file, export_msg])
+        b_rec.click(do_record, inputs=[state, rec_mode, color_by, conf], outputs=[export_file, export_msg])
         b_glb.click(lambda s, c: do_export(s, "glb", c), inputs=[state, conf], outputs=[export_file, export_msg])
     demo._vggt_theme, demo._vggt_css = theme, CSS
     return demo

@@ -113,6 +113,20 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             time.sleep(2.0)
             page.screenshot(path=str(shots / "4_ab.png"), full_page=True)
 
+            # diagnostics: attention mass per bias layer, with vs without the bias
+            page.get_by_role("tab", name="Diagnostics").click()
+            page.click("#diag-btn")
+            page.wait_for_function(
+                "() => { const t = document.querySelector('#diag-table'); return t && /pose/.test(t.innerText); }",
+                timeout=60_000)
+            page.screenshot(path=str(shots / "5_diag.png"), full_page=True)
+
+            # record an MP4 of the timeline
+            page.get_by_role("tab", name="Export").click()
+            page.click("#record-btn")
+            page.wait_for_function("() => /Recorded vggt_mv_timeline.mp4/.test(document.body.innerText)",
+                                   timeout=90_000)
+
             # a second tab gets its own viser server / scene
             page2 = ctx.new_page()
             page2.goto(url)
@@ -124,5 +138,5 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             page2.screenshot(path=str(shots / "3_second_tab.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("0_loaded.png", "1_after_run.png", "2_viser.png", "3_second_tab.png", "4_ab.png"):
+    for name in ("0_loaded.png", "1_after_run.png", "2_viser.png", "3_second_tab.png", "4_ab.png", "5_diag.png"):
         assert (shots / name).stat().st_size > 10_000
