@@ -20,7 +20,6 @@ walk to get a peak; a process high-water mark is the number that matters for "wi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -32,47 +31,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import vggt_mv.layers.attention as attention_mod  # noqa: E402
 from vggt_mv.config import ModelConfig  # noqa: E402
 from vggt_mv.layers import Block, RotaryPositionEmbedding2D, attend, patch_positions  # noqa: E402
 from vggt_mv.layers.sparse_attention import sparse_global_block  # noqa: E402
 from vggt_mv.model.aggregator import Aggregator  # noqa: E402
 
 NS = 5
-_ORIG_ATTEND = attention_mod.attend
-
-
-# ---------------------------------------------------------------- a candidate fix, for comparison only
-def attend_vpad(q, k, v, bias=None, key_mask=None):
-    """``attend`` with v padded to q's width on every device (not only CUDA), so CPU SDPA keeps its
-    fused flash kernel when a low-rank bias widens q/k. Used only in the '(v-pad)' rows."""
-    if bias is None:
-        return _ORIG_ATTEND(q, k, v, None, key_mask)
-    d = q.shape[-1]
-    scale = d**-0.5
-    heads = q.shape[1]
-    row = (bias.row / scale).to(q.dtype)[:, None].expand(-1, heads, -1, -1)
-    key = bias.key.to(k.dtype)[:, None].expand(-1, heads, -1, -1)
-    q, k = torch.cat([q, row], -1), torch.cat([k, key], -1)
-    v = F.pad(v, (0, q.shape[-1] - d))
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)[..., :d]
-
-
-@contextlib.contextmanager
-def vpad(enabled: bool):
-    if not enabled:
-        yield
-        return
-    attention_mod.attend = attend_vpad
-    try:
-        yield
-    finally:
-        attention_mod.attend = _ORIG_ATTEND
 
 
 # ---------------------------------------------------------------- configs
@@ -88,13 +55,11 @@ def model_config(size: str) -> ModelConfig:
 
 
 BIAS_VARIANTS = {
-    # name: (mask overrides, lambdas, v-pad)
-    "mask off": ({"enabled": False}, {}, False),
-    "bias off (lambda=0)": ({}, {}, False),
-    "tokens": ({"mode": "tokens"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}, False),
-    "streams": ({"mode": "streams"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}, False),
-    "tokens (v-pad)": ({"mode": "tokens"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}, True),
-    "streams (v-pad)": ({"mode": "streams"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}, True),
+    # name: (mask overrides, lambdas)
+    "mask off": ({"enabled": False}, {}),
+    "bias off (lambda=0)": ({}, {}),
+    "tokens": ({"mode": "tokens"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}),
+    "streams": ({"mode": "streams"}, {"lambda_pose": 1.0, "lambda_geo": 0.5}),
 }
 
 
@@ -105,11 +70,11 @@ def make_case(spec: dict):
     if kind in ("bias", "layout"):
         cfg = model_config(spec["size"])
         if kind == "bias":
-            over, lams, pad = BIAS_VARIANTS[spec["variant"]]
+            over, lams = BIAS_VARIANTS[spec["variant"]]
             cfg = cfg.replace(mask=over)
             layout = "factorized"
         else:
-            lams, pad, layout = {}, False, spec["variant"]
+            lams, layout = {}, spec["variant"]
         agg = Aggregator(cfg).eval()
         if lams:
             agg.mask_bias.set(**lams)
@@ -117,7 +82,7 @@ def make_case(spec: dict):
         imgs = torch.rand(1, t, v, 3, hw, hw, generator=torch.Generator().manual_seed(1))
 
         def run():
-            with torch.no_grad(), vpad(pad):
+            with torch.no_grad():
                 agg.run(imgs, layout=layout)
 
         return run
