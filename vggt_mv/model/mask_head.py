@@ -22,7 +22,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class PageMaskHead(nn.Module):
+class _MaskHead(nn.Module):
+    """Shared fusion: ``m = finish(sigmoid(s * a_f * logit' + b_f * M_ext))``."""
+
+    def scaled_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        return logit
+
+    def finish(self, p: torch.Tensor) -> torch.Tensor:
+        return p
+
+    def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None):
+        """logit ``[N, ...]`` (+ external mask of the same shape, 1 = dynamic) -> m in [0, 1]."""
+        z = sign * feature_gain * self.scaled_logit(logit)
+        if external is not None:
+            z = z + external_gain * external
+        return self.finish(torch.sigmoid(z))
+
+
+class PageMaskHead(_MaskHead):
     def __init__(self, dim: int, hidden: int = 256):
         super().__init__()
         self.head0 = nn.Sequential(
@@ -40,14 +57,8 @@ class PageMaskHead(nn.Module):
         x_hat = (x - mean) / std
         return (self.head0(x_hat) + x_hat.mean(1, keepdim=True))[:, 0]
 
-    def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None):
-        z = sign * feature_gain * logit
-        if external is not None:
-            z = z + external_gain * external
-        return torch.sigmoid(z)
 
-
-class Fin10MaskHead(nn.Module):
+class Fin10MaskHead(_MaskHead):
     def __init__(self, dim: int):
         super().__init__()
         self.head0 = nn.Sequential(
@@ -70,11 +81,11 @@ class Fin10MaskHead(nn.Module):
         """x ``[N, C, h, w]`` -> the head's logit z ``[N, h, w]`` (fixture ``mask_logit``)."""
         return self.head0(x)[:, 0]
 
-    def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None):
-        z = sign * feature_gain * logit / self.tau()
-        if external is not None:
-            z = z + external_gain * external
-        return (self.alpha() * torch.sigmoid(z)).clamp(0.0, 1.0)
+    def scaled_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        return logit / self.tau()
+
+    def finish(self, p: torch.Tensor) -> torch.Tensor:
+        return (self.alpha() * p).clamp(0.0, 1.0)
 
 
 def build_mask_head(kind: str, dim: int, hidden: int) -> nn.Module:

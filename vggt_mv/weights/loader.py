@@ -50,11 +50,9 @@ def plan_files(
 def _transform(t: torch.Tensor, transform: str | None) -> torch.Tensor:
     if transform is None:
         return t
-    if transform == "pi3_camera":
-        return t[:, :, 0:1].unsqueeze(1).expand(-1, 2, -1, -1, -1).reshape(t.shape[0], 2, 1, t.shape[-1])
-    lo, hi = (1, 5) if transform == "pi3_registers_1_5" else (0, 4)
+    # Pi3's register_token [1,1,5,C] -> slots [1,2,n,C]: the same tokens for the reference image and the others
+    lo, hi = {"pi3_camera": (0, 1), "pi3_registers_1_5": (1, 5), "pi3_registers_0_4": (0, 4)}[transform]
     return t[:, :, lo:hi].expand(-1, 2, -1, -1)
-    # [1,1,5,C] -> slots [1,2,*,C]: the same tokens for the reference and the other images
 
 
 def load_model(
@@ -99,8 +97,8 @@ def load_model(
         for f in (ck, pi):
             if f is not None:
                 f.close()
-    model.aggregator.copy_stream_blocks() if not any(
-        k.startswith("aggregator.pose_") for k in plan.assignments) else None
+    if not any(k.startswith("aggregator.pose_") for k in plan.assignments):
+        model.aggregator.copy_stream_blocks()  # separate pose-stream blocks start as copies
     model.eval()
     model.load_report = report
     model.weights_identity = weights_identity(checkpoint, pi3)
