@@ -23,3 +23,4 @@ def test_notebook_runs(path: Path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "camera change" in text and "depth change" in text
+    assert "viser scene on port" in text and "timeline.mp4" in text
