@@ -15,14 +15,30 @@ from pathlib import Path
 from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
-def _size(text: str) -> tuple[int, int]:
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``"126x168"`` or ``"126x168,168x224"`` -> ``[(H, W), ...]``."""
+    out = []
+    for part in text.split(","):
+        try:
+            h, w = (int(x) for x in part.lower().strip().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--size must look like 126x168 or 126x168,168x224 (HxW), got {text!r}") from None
+        if h <= 0 or w <= 0 or h % 14 or w % 14:
+            raise argparse.ArgumentTypeError(f"--size {part}: H and W must be positive multiples of 14")
+        out.append((h, w))
+    return out
+
+
+def _timesteps(text: str) -> tuple[int, int]:
+    """``"4"`` or ``"3-6"`` -> ``(lo, hi)``."""
     try:
-        h, w = (int(x) for x in text.lower().split("x"))
+        lo, _, hi = text.partition("-")
+        rng = (int(lo), int(hi or lo))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 126x168 (HxW), got {text!r}") from None
-    if h <= 0 or w <= 0 or h % 14 or w % 14:
-        raise argparse.ArgumentTypeError(f"--size {text}: H and W must be positive multiples of 14")
-    return h, w
+        raise argparse.ArgumentTypeError(f"--timesteps must look like 4 or 3-6, got {text!r}") from None
+    if rng[0] <= 0 or rng[1] < rng[0]:
+        raise argparse.ArgumentTypeError(f"--timesteps {text}: need 0 < lo <= hi")
+    return rng
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,9 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--size", type=_size, default=(d.height, d.width), help="HxW, multiples of 14 (default: 126x168)")
+    p.add_argument("--size", type=_sizes, default=[(d.height, d.width)],
+                   help="HxW (multiples of 14), or a comma list drawn per step; validation uses the first "
+                        "(default: 126x168)")
     p.add_argument("--views", type=int, default=d.views)
-    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--timesteps", type=_timesteps, default=(d.timesteps, d.timesteps),
+                   help="timesteps per scene, or a range lo-hi drawn per step (default: 4)")
     p.add_argument("--batch", type=int, default=d.batch_size, help="scenes per step (default: %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -57,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``vggt-mv train``; returns the exit code."""
     if args.steps <= 0:
         raise ValueError("--steps must be positive")
-    for name in ("views", "timesteps", "batch", "threads", "log_every", "ckpt_every"):
+    for name in ("views", "batch", "threads", "log_every", "ckpt_every"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     out: Path = args.out
@@ -70,11 +89,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         if ckpt.exists():
             raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
-        h, w = args.size
+        (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]
+        t_lo, t_hi = args.timesteps
         cfg = TrainConfig(
             preset=args.preset, steps=args.steps, lr=args.lr, warmup=min(args.warmup, args.steps),
             weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
-            timesteps=args.timesteps, views=args.views, height=h, width=w,
+            timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
+            height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, seed=args.seed, threads=args.threads,
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
         )

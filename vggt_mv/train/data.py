@@ -105,12 +105,18 @@ class SyntheticDynamicDataset:
     def __init__(
         self, T: int = 4, V: int = 3, H: int = 126, W: int = 168, seed: int = 0,
         sampling: SceneSampling | None = None, ext_mask_prob: float = 0.0,
+        sizes: list[tuple[int, int]] | None = None, max_T: int | None = None,
     ) -> None:
-        if H % PATCH or W % PATCH:
-            raise ValueError(f"training size {H}x{W} must be multiples of {PATCH}")
+        """``sizes``: ``(H, W)`` choices drawn per batch (default ``[(H, W)]``); ``max_T``: draw T
+        per batch uniformly in ``[T, max_T]`` (default: always ``T``)."""
+        self.sizes = [tuple(s) for s in (sizes or [(H, W)])]
+        for h, w in self.sizes:
+            if h % PATCH or w % PATCH or h <= 0 or w <= 0:
+                raise ValueError(f"training size {h}x{w} must be positive multiples of {PATCH}")
         if not 0.0 <= ext_mask_prob <= 1.0:
             raise ValueError(f"ext_mask_prob must be in [0, 1], got {ext_mask_prob}")
-        self.base = SyntheticSceneConfig(T=T, V=V, H=H, W=W)
+        self.T_range = (T, max(T, max_T or T))
+        self.base = SyntheticSceneConfig(T=T, V=V, H=self.sizes[0][0], W=self.sizes[0][1])
         self.sampling = sampling or SceneSampling()
         self.ext_mask_prob = float(ext_mask_prob)
         self.rng = np.random.default_rng(seed)
@@ -145,7 +151,12 @@ class SyntheticDynamicDataset:
         return out
 
     def batch(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """``batch_size`` samples stacked on a new leading dim ``B``."""
+        """``batch_size`` samples stacked on a new leading dim ``B``; with several sizes / a T range,
+        one ``(T, H, W)`` is drawn per batch (shared by its samples)."""
+        if len(self.sizes) > 1 or self.T_range[0] != self.T_range[1]:
+            h, w = self.sizes[int(self.rng.integers(len(self.sizes)))]
+            t = int(self.rng.integers(self.T_range[0], self.T_range[1] + 1))
+            self.base = replace(self.base, T=t, H=h, W=w)
         samples = [self.sample() for _ in range(batch_size)]
         return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 

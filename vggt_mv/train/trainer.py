@@ -45,9 +45,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     batch_size: int = 1
     timesteps: int = 4
+    max_timesteps: int | None = None  # T drawn per step in [timesteps, max_timesteps]
     views: int = 3
     height: int = 126
     width: int = 168
+    extra_sizes: list[list[int]] = field(default_factory=list)  # more (H, W) drawn per step
     ext_mask_prob: float = 0.25
     seed: int = 0
     threads: int = 2
@@ -158,8 +160,10 @@ class Trainer:
         self.model = VGGTMV(self.model_config)
         self.model.train()
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+        sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
         self.data = SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width,
-                                            seed=cfg.seed, ext_mask_prob=cfg.ext_mask_prob)
+                                            seed=cfg.seed, ext_mask_prob=cfg.ext_mask_prob,
+                                            sizes=sizes, max_T=cfg.max_timesteps)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._val: dict[str, torch.Tensor] | None = None
@@ -206,7 +210,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss terms and :func:`quick_metrics` on two fixed held-out scenes (seeds 100, 101)."""
+        """Loss terms and :func:`quick_metrics` on two fixed held-out scenes (seeds 100, 101) at the
+        first training size and ``timesteps``."""
         if self._val is None:
             c = self.cfg
             self._val = validation_batch(c.timesteps, c.views, c.height, c.width)
