@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from vggt_mv.train.losses import LossConfig
 from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
@@ -65,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--ext-mask-prob", type=float, default=d.ext_mask_prob,
                    help="share of samples that feed the GT mask as external mask (default: %(default)s)")
+    p.add_argument("--mask-weight", type=float, default=d.loss.mask, help="dynamic-mask BCE weight")
+    p.add_argument("--mask-pos-weight", type=float, default=d.loss.mask_pos_weight,
+                   help="BCE weight of dynamic patches (default: %(default)s)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, seed=args.seed, threads=args.threads,
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
+            loss=LossConfig(mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight),
         )
         trainer = Trainer(cfg, out)
     summary = trainer.fit(progress=not args.no_progress)
