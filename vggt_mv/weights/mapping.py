@@ -116,7 +116,7 @@ def build_plan(
         if variant and mask_head and variant != mask_head:
             raise ValueError(
                 f"the checkpoint's mask head is the '{variant}' variant but the preset expects '{mask_head}'; "
-                f"use the {'page4d_fin10' if variant == 'fin10' else 'page4d'} preset (or --page-variant {variant})"
+                f"use the {'page4d_fin10' if variant == 'fin10' else 'page4d / page4d_mask'} preset (--preset)"
             )
         for key, shape in checkpoint.items():
             if key in target:
