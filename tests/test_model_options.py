@@ -1,6 +1,7 @@
 """Model options beyond the invariants file: separate stream blocks, relative-time bias, aa_order."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vggt_mv.config import ModelConfig
@@ -68,3 +69,24 @@ def test_aa_order_view_first_changes_the_computation_but_keeps_entry_layout():
         a, b = agg.run(imgs, "factorized"), rev.run(imgs, "factorized")
     assert a.geo_tokens[0].shape == b.geo_tokens[0].shape
     assert (a.geo_tokens[0] - b.geo_tokens[0]).abs().max() > 1e-4
+
+
+def test_switching_sparse_strategy_at_runtime_takes_effect():
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny")
+    agg = Aggregator(cfg).eval()
+    imgs = _images(t=4, v=2)
+    with torch.no_grad():
+        dense = agg.run(imgs, "factorized").geo_tokens[-1]
+        agg.cfg.sparse.strategy = "dilated"
+        agg.cfg.sparse.dilated_offsets = [0]  # every view at its own time only = View-SA
+        same_time = agg.run(imgs, "factorized").geo_tokens[-1]
+        agg.cfg.sparse.strategy = "landmark"
+        agg.cfg.sparse.landmark_k = 2
+        landmark = agg.run(imgs, "factorized").geo_tokens[-1]
+        agg.cfg.sparse.strategy = "memory_bank"
+        with pytest.raises(ValueError, match="memory tokens"):
+            agg.run(imgs, "factorized")
+    # dilated with offsets [0] is View-SA over the same keys: equal; landmark K=2 is not
+    torch.testing.assert_close(same_time, dense, rtol=1e-5, atol=1e-5)
+    assert (landmark - dense).abs().max() > 1e-4

@@ -99,13 +99,19 @@ class Aggregator(nn.Module):
         else:
             self.bias_layers = frozenset()
         s = cfg.sparse
-        self.sparse_layers = frozenset(s.layers) if s.strategy != "none" else frozenset()
         if s.strategy == "memory_bank":
             self.memory_tokens = nn.Parameter(torch.zeros(len(s.layers), s.memory_tokens, c))
             if not self.memory_tokens.is_meta:
                 nn.init.normal_(self.memory_tokens, std=0.02)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def sparse_layers(self) -> frozenset[int]:
+        """Layers whose View-SA is replaced by sparse global attention (read live from the config,
+        so switching ``config.sparse.strategy`` between runs takes effect)."""
+        s = self.cfg.sparse
+        return frozenset(s.layers) if s.strategy != "none" else frozenset()
+
     def copy_stream_blocks(self) -> None:
         """Initialise the separate pose-stream blocks as copies of the shared ones."""
         if hasattr(self, "pose_frame_blocks"):
@@ -320,6 +326,9 @@ class Aggregator(nn.Module):
         s = self.cfg.sparse
         memory = None
         if s.strategy == "memory_bank":
+            if not hasattr(self, "memory_tokens"):
+                raise ValueError("sparse strategy 'memory_bank' needs memory tokens, which exist only in a model "
+                                 "built with that strategy: build VGGTMV with config.sparse.strategy='memory_bank'")
             memory = self.memory_tokens[sorted(s.layers).index(layer)][None]
         scores = None if landmark_scores is None else landmark_scores.reshape(b, t * v, -1)
         y = sparse_global_block(
