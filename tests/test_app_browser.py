@@ -1,7 +1,21 @@
 """The app in headless Chromium: run the bundled sample, check the viser iframe, two tabs isolated.
 
+The 3D scene is checked by pixel statistics of screenshots of the viser iframe (the floating GUI
+panel and the "Software WebGL rendering detected" toast are hidden while capturing, so only the
+WebGL canvas is measured; the white background is the reference):
+
+* before the run the canvas is empty; after it, frustums + points cover part of it;
+* with cameras / GT cameras switched off in viser's panel (and the point size at its maximum,
+  since random tiny weights give thin clouds) what is left are the points: a minimum coverage
+  and colour spread (image colours, not one flat line colour);
+* after a λ change and re-run, the canvas differs from the first run's, both with the orange
+  A/B ghost shown (orange pixels appear) and with it off (the geometry itself moved);
+* moving the Gradio timestep slider changes the canvas and viser's own timeline follows.
+
+Waits poll screenshots until a condition holds and the picture is steady (no fixed sleeps).
 Needs Debian's ``chromium`` (never ``playwright install``). Screenshots go to a temp dir whose
-path is printed (``pytest -s``) and kept by pytest's tmp_path retention.
+path is printed (``pytest -s``) and kept by pytest's tmp_path retention; the measured values
+are printed too.
 """
 from __future__ import annotations
 
@@ -21,6 +35,24 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
         "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 REPO = Path(__file__).resolve().parents[1]
+
+# Thresholds on the canvas (fractions of its pixels); the test prints the measured values.
+MIN_SCENE = 0.03        # non-background after the run (frustums + points); measured ~0.14
+MIN_POINTS = 0.001      # non-background with cameras hidden, max point size; measured 0.006-0.03
+MIN_POINT_STD = 8.0     # colour std (0-255) over those pixels; measured ~33
+MIN_GHOST = 0.001       # pixels that change when the A/B ghost is toggled after the λ re-run
+MIN_GHOST_TINT = 30.0   # mean red - blue over those pixels (the ghost is orange)
+MIN_CHANGE = 0.002      # pixels changed by the λ re-run (ghost off) / by a timestep switch
+BG_DELTA = 40           # a pixel is "non-background" / "changed" above this max-channel difference
+
+# Hide viser's GUI panel and notifications (toast) while capturing the canvas.
+_HIDE_OVERLAYS = """(on) => { for (const e of document.querySelectorAll(
+    '.mantine-Paper-root, .mantine-Notifications-root')) e.style.visibility = on ? 'hidden' : ''; }"""
+# The number box / slider next to a labelled control in viser's panel.
+_VISER_ROW = """([label, sel]) => { const l = Array.from(document.querySelectorAll('label'))
+    .find(e => e.textContent.trim() === label);
+  let n = l; while (n && !(n.querySelector && n.querySelector(sel))) n = n.parentElement;
+  return n ? n.querySelector(sel) : null; }"""
 
 
 def _free_port() -> int:
@@ -63,7 +95,75 @@ def app_url():
         proc.kill()
 
 
+def _nonbg(img):
+    import numpy as np
+
+    return np.abs(img.astype(np.int16) - 255).max(-1) > BG_DELTA
+
+
+def _changed(a, b) -> float:
+    import numpy as np
+
+    return float((np.abs(a.astype(np.int16) - b.astype(np.int16)).max(-1) > BG_DELTA).mean())
+
+
+class Canvas:
+    """Screenshots of the viser canvas (overlays hidden), as BGR arrays, saved as PNGs."""
+
+    def __init__(self, page, shots: Path) -> None:
+        self.page, self.shots = page, shots
+        self.frame = None
+
+    def viser(self):
+        if self.frame is None or self.frame.is_detached():
+            src = self.page.evaluate("() => document.getElementById('viser-frame').src")
+            self.frame = next(f for f in self.page.frames if f.url.rstrip("/") == src.rstrip("/"))
+        return self.frame
+
+    def grab(self, name: str | None = None):
+        import cv2
+        import numpy as np
+
+        f = self.viser()
+        f.evaluate(_HIDE_OVERLAYS, True)
+        try:
+            png = self.page.locator("#viser-frame").screenshot()
+        finally:
+            f.evaluate(_HIDE_OVERLAYS, False)
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[4:-4, 4:-4]  # drop the border
+        if name:
+            cv2.imwrite(str(self.shots / name), img)
+        return img
+
+    def settle(self, cond, name: str, timeout: float = 30.0):
+        """Grab until ``cond(img)`` holds on two consecutive, (nearly) identical screenshots."""
+        import numpy as np
+
+        t0, prev = time.time(), None
+        while True:
+            img = self.grab()
+            steady = prev is not None and float(np.abs(img.astype(np.int16) - prev).mean()) < 0.5
+            if (steady and cond(img)) or time.time() - t0 > timeout:
+                return self._save(img, name)
+            prev = img
+            time.sleep(0.2)
+
+    def _save(self, img, name):
+        import cv2
+
+        cv2.imwrite(str(self.shots / name), img)
+        return img
+
+    def click_checkbox(self, label: str) -> None:
+        self.page.frame_locator("#viser-frame").get_by_label(label, exact=True).click()
+
+    def row(self, label: str, sel: str):
+        return self.viser().evaluate_handle(_VISER_ROW, [label, sel]).as_element()
+
+
 def test_run_sample_and_two_tabs(app_url, tmp_path):
+    pytest.importorskip("cv2")
+    import numpy as np
     from playwright.sync_api import sync_playwright
 
     url, vport = app_url
@@ -84,6 +184,18 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             assert "random tiny weights" in page.inner_text("#banner")
             page.screenshot(path=str(shots / "0_loaded.png"), full_page=True)
 
+            canvas = Canvas(page, shots)
+            vframe = page.frame_locator("#viser-frame")
+            vframe.locator("canvas").first.wait_for(timeout=30_000)
+            toast = vframe.locator(".mantine-Notification-closeButton")  # "Software WebGL rendering detected"
+            try:
+                toast.first.click(timeout=5_000)
+            except Exception:  # noqa: BLE001 - no toast (hardware GL): nothing to dismiss
+                pass
+            empty = canvas.settle(lambda im: True, "c0_empty.png")
+            measured = {"empty": float(_nonbg(empty).mean())}
+            assert measured["empty"] < 0.01, measured
+
             page.click("#run-btn")
             page.wait_for_function(
                 "() => { const s = document.querySelector('#status'); return s && /Done|failed|problem/.test(s.innerText); }",
@@ -92,13 +204,31 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             assert "Done" in status, status
             assert "T=10" in status and "V=3" in status
 
-            # the iframe serves viser and shows a WebGL canvas
-            frame = page.frame_locator("#viser-frame")
-            frame.locator("canvas").first.wait_for(timeout=30_000)
-            time.sleep(3.0)  # let the scene stream in
+            # the scene streamed in: viser's panel has the run's controls and the canvas is covered
+            vframe.get_by_label("cameras", exact=True).wait_for(timeout=30_000)
+            run1 = canvas.settle(lambda im: _nonbg(im).mean() > MIN_SCENE, "c1_run1.png")
+            measured["run1"] = float(_nonbg(run1).mean())
             page.screenshot(path=str(shots / "1_after_run.png"), full_page=True)
             page.locator("#viser-frame").screenshot(path=str(shots / "2_viser.png"))
             assert page.locator("#g-img img").count() >= 3  # per-view gallery filled
+            assert measured["run1"] > MIN_SCENE, measured
+
+            # points alone: frustums off, point size to the slider's maximum (random weights -> thin clouds)
+            canvas.click_checkbox("cameras")
+            canvas.click_checkbox("ground-truth cameras")
+            size_max = canvas.row("point size", "[role=slider]").get_attribute("aria-valuemax")
+            box_size = canvas.row("point size", "input.mantine-NumberInput-input")
+            box_size.fill(f"{0.999 * float(size_max):.6g}")
+            box_size.press("Enter")
+            pts = canvas.settle(lambda im: run1.shape != im.shape or _changed(im, run1) > MIN_CHANGE, "c2_points.png")
+            sel = _nonbg(pts)
+            measured["points"] = float(sel.mean())
+            measured["points_colour_std"] = float(pts[sel].astype(float).std(0).mean()) if sel.any() else 0.0
+            assert measured["points"] > MIN_POINTS, measured
+            assert measured["points_colour_std"] > MIN_POINT_STD, measured
+            canvas.click_checkbox("cameras")
+            canvas.click_checkbox("ground-truth cameras")
+            base = canvas.settle(lambda im: _changed(im, pts) > MIN_CHANGE, "c3_before_lambda.png")
 
             # A/B: change λ_pose, re-run, the page shows what changed (previous run = ghost)
             box = page.locator("#lam-pose input[type=number]")
@@ -108,10 +238,41 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             page.wait_for_function(
                 "() => { const s = document.querySelector('#status'); return s && /λ=\\(2/.test(s.innerText); }",
                 timeout=90_000)
+            vframe.get_by_label("A/B ghost (previous run)", exact=True).wait_for(timeout=30_000)
+            ghost_on = canvas.settle(lambda im: _changed(im, base) > MIN_CHANGE, "c4_lambda_ghost_on.png")
+            canvas.click_checkbox("A/B ghost (previous run)")
+            ghost_off = canvas.settle(lambda im: _changed(im, ghost_on) > MIN_GHOST, "c5_lambda_ghost_off.png")
+            measured["lambda_change_ghost_on"] = _changed(ghost_on, base)
+            measured["lambda_change_ghost_off"] = _changed(ghost_off, base)
+            ghost_px = np.abs(ghost_on.astype(np.int16) - ghost_off.astype(np.int16)).max(-1) > BG_DELTA
+            measured["ghost"] = float(ghost_px.mean())
+            # the ghost (orange points, translucent orange frustums) is warm: red well above blue
+            bgr = ghost_on[ghost_px].astype(float)
+            measured["ghost_red_minus_blue"] = float((bgr[:, 2] - bgr[:, 0]).mean()) if len(bgr) else 0.0
+            assert measured["lambda_change_ghost_off"] > MIN_CHANGE, measured  # the geometry itself moved
+            assert measured["ghost"] > MIN_GHOST, measured
+            assert measured["ghost_red_minus_blue"] > MIN_GHOST_TINT, measured
+            canvas.click_checkbox("A/B ghost (previous run)")
+
             page.get_by_role("tab", name="A/B").click()
             page.wait_for_selector("#ab-table :text('camera translation')", timeout=15_000)
-            time.sleep(2.0)
             page.screenshot(path=str(shots / "4_ab.png"), full_page=True)
+
+            # timeline: the Gradio timestep slider drives viser's timeline (visibility flip)
+            t0_img = canvas.settle(lambda im: _changed(im, ghost_off) > MIN_GHOST, "c6_t0.png")
+            page.get_by_role("tab", name="Views").click()
+            t_box = page.get_by_label("number input for timestep")
+            t_box.fill("9")
+            t_box.press("Enter")
+            viser_t = canvas.row("timestep", "input.mantine-NumberInput-input")
+            t_end = time.time() + 20
+            while viser_t.input_value() != "9" and time.time() < t_end:
+                time.sleep(0.2)
+            assert viser_t.input_value() == "9", viser_t.input_value()
+            t9 = canvas.settle(lambda im: _changed(im, t0_img) > MIN_CHANGE, "c7_t9.png")
+            measured["timestep_change"] = _changed(t9, t0_img)
+            assert measured["timestep_change"] > MIN_CHANGE, measured
+            print("canvas measurements:", {k: round(v, 4) for k, v in measured.items()})
 
             # diagnostics: attention mass per bias layer, with vs without the bias
             page.get_by_role("tab", name="Diagnostics").click()
