@@ -22,6 +22,7 @@ CHILD = r"""
 import json, sys, torch
 from vggt_mv.config import ModelConfig
 from vggt_mv.weights import load_model
+import vggt_mv.model.vggt_mv  # import everything load_model uses, so "before" is the library's baseline
 
 def hwm():  # peak resident set size (VmHWM) of this process, bytes
     for line in open("/proc/self/status"):

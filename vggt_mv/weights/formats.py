@@ -85,6 +85,21 @@ class CheckpointFile:
         assert self._tensors is not None
         return self._tensors[key]
 
+    def read_into(self, key: str, dst: torch.Tensor) -> bool:
+        """Read ``key`` straight into ``dst``'s memory when no cast is needed (safetensors, CPU,
+        contiguous, same dtype/shape): no transient copy. Returns False when it cannot."""
+        shape, dtype = self.keys[key]
+        if (self.format != "safetensors" or dst.device.type != "cpu" or not dst.is_contiguous()
+                or dst.dtype != dtype or tuple(dst.shape) != tuple(shape) or dst.numel() == 0):
+            return False
+        start, end = self._offsets[key]
+        view = memoryview(dst.detach().view(torch.uint8).reshape(-1).numpy())
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            if f.readinto(view) != end - start:
+                raise CheckpointError(f"{self.path}: tensor {key!r} is truncated; the file is incomplete")
+        return True
+
     def release(self, t: torch.Tensor) -> None:
         if self.format == "torch":
             release_pages(t)

@@ -55,6 +55,19 @@ def _transform(t: torch.Tensor, transform: str | None) -> torch.Tensor:
     return t[:, :, lo:hi].expand(-1, 2, -1, -1)
 
 
+def _chunked_copy(dst: torch.Tensor, src: torch.Tensor, src_file: CheckpointFile, chunk: int = 1 << 22) -> None:
+    """``dst.copy_(src)`` (casting), in slices of ``chunk`` elements whose mapped source pages are
+    released as soon as they are copied, so a large tensor never has all its pages resident."""
+    if dst.is_contiguous() and src.is_contiguous() and dst.numel() > chunk:
+        d, s_ = dst.view(-1), src.reshape(-1)
+        for i in range(0, d.numel(), chunk):
+            d[i:i + chunk].copy_(s_[i:i + chunk])
+            src_file.release(s_[i:i + chunk])
+    else:
+        dst.copy_(src)
+        src_file.release(src)
+
+
 def load_model(
     cfg: ModelConfig | str,
     checkpoint: str | os.PathLike | None = None,
@@ -86,13 +99,14 @@ def load_model(
         with torch.no_grad():
             for tgt, a in plan.assignments.items():
                 src_file = files[a.source]
+                dst = state[tgt]
+                if a.transform is None and src_file.read_into(a.source_key, dst):
+                    continue
                 src = src_file.get(a.source_key)
                 value = _transform(src, a.transform)
-                dst = state[tgt]
                 if tuple(value.shape) != tuple(dst.shape):  # guarded by the plan; a transform bug lands here
                     raise RuntimeError(f"internal: {a} gives {tuple(value.shape)} for {tgt} {tuple(dst.shape)}")
-                dst.copy_(value)
-                src_file.release(src)
+                _chunked_copy(dst, value, src_file)
     finally:
         for f in (ck, pi):
             if f is not None:
