@@ -34,6 +34,7 @@ import numpy as np
 from vggt_mv.inference.pipeline import Cancelled
 from vggt_mv.inference.pipeline import reconstruct
 from vggt_mv.inference.reconstruction import Reconstruction
+from vggt_mv.weights.demo import demo_weights
 
 from .compare import Comparison, align_reconstruction, compare
 
@@ -41,7 +42,6 @@ log = logging.getLogger("vggt_mv.app")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "assets" / "sample"
-WEIGHTS_DIR = REPO_ROOT / "assets" / "weights"
 PRESETS = ("tiny", "vggt_mv", "vggt", "page4d", "page4d_mask", "page4d_fin10")
 STRATEGIES = ("none", "landmark", "dilated", "memory_bank")
 LAYOUTS = ("auto", "factorized", "flat")
@@ -105,17 +105,6 @@ def lambda_bound(preset: str) -> float:
 
     cfg = ModelConfig.preset(preset)
     return float(cfg.mask.lambda_bound) if cfg.mask.enabled else 0.0
-
-
-def demo_weights(preset: str) -> Path | None:
-    """Bundled demo weights for ``preset`` in ``assets/weights/`` (``<preset>*.safetensors|.pt``)."""
-    if not WEIGHTS_DIR.is_dir():
-        return None
-    for ext in ("safetensors", "pt"):
-        hits = sorted(WEIGHTS_DIR.glob(f"{preset}*.{ext}"))
-        if hits:
-            return hits[0]
-    return None
 
 
 def resolve_device(device: str) -> str:

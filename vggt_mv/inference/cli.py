@@ -83,13 +83,19 @@ def _build_config(args: argparse.Namespace):
 
 def _load_model(cfg, args: argparse.Namespace, device: str):
     from vggt_mv.weights import load_model
+    from vggt_mv.weights.demo import demo_weights
 
-    if not (args.checkpoint or args.pi3):
-        log.warning("no --checkpoint / --pi3 given: the %r model runs with RANDOM weights (useful for "
-                    "smoke tests only)", cfg.name)
-    model, report = load_model(cfg, checkpoint=args.checkpoint, pi3=args.pi3, device=device,
-                               recipe=args.recipe)
-    if args.checkpoint or args.pi3:
+    checkpoint = args.checkpoint
+    if not (checkpoint or args.pi3):
+        checkpoint = demo_weights(cfg.name) if not args.config else None
+        if checkpoint:
+            log.info("using the bundled demo weights %s (trained on synthetic scenes; use the real "
+                     "checkpoints for real data)", checkpoint)
+        else:
+            log.warning("no --checkpoint / --pi3 given: the %r model runs with RANDOM weights (useful for "
+                        "smoke tests only)", cfg.name)
+    model, report = load_model(cfg, checkpoint=checkpoint, pi3=args.pi3, device=device, recipe=args.recipe)
+    if checkpoint or args.pi3:
         log.info("weights loaded:\n%s", report)
     return model
 
