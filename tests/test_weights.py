@@ -211,3 +211,20 @@ def test_cli_inspect_reports_and_exits_nonzero_when_modules_are_missing(capsys):
     # Pi3 alone into a preset with heads: the heads get nothing -> non-zero exit
     rc = cli_main(["weights", "inspect", "--pi3", str(pi3), "--config", str(page / "model_config.json"), "--json"])
     assert rc == 1 and "required modules got no weights" in capsys.readouterr().err
+
+
+def test_safetensors_with_zero_dim_tensors_reads_in_place(tmp_path):
+    """0-d parameters (fin10's alpha/tau logits, learnable lambdas) read straight into the model."""
+    from vggt_mv.model.vggt_mv import VGGTMV
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny")
+    model = VGGTMV(cfg)
+    with torch.no_grad():
+        model.aggregator.mask_bias.lambda_pose.fill_(1.25)
+    path = save_merged(model, tmp_path / "tiny.safetensors")
+    again, report = load_model(cfg, checkpoint=path)
+    assert report.fraction_loaded("checkpoint") == 1.0
+    assert again.lambdas()["lambda_pose"] == 1.25
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k

@@ -258,7 +258,7 @@ class Trainer:
     def resume(cls, path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                steps: int | None = None) -> "Trainer":
         """A trainer restored from a checkpoint; ``steps`` may extend the run (changes the cosine)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         cfg = TrainConfig.from_dict(state["train_config"])
         if steps is not None:
             cfg.steps = int(steps)

@@ -93,7 +93,7 @@ class CheckpointFile:
                 or dst.dtype != dtype or tuple(dst.shape) != tuple(shape) or dst.numel() == 0):
             return False
         start, end = self._offsets[key]
-        view = memoryview(dst.detach().view(torch.uint8).reshape(-1).numpy())
+        view = memoryview(dst.detach().reshape(-1).view(torch.uint8).numpy())
         with open(self.path, "rb") as f:
             f.seek(start)
             if f.readinto(view) != end - start:
