@@ -62,7 +62,8 @@ def _initial_banner(preset: str, checkpoint: str | None, pi3: str | None) -> str
         return f"weights: {names} (loaded on first run)"
     demo = demo_weights(preset)
     if demo is not None:
-        return f"bundled demo weights: {demo.name} ({preset} preset)"
+        return (f"bundled demo weights: {demo.name} ({preset} preset), trained on synthetic scenes; "
+                "use the real checkpoints (--checkpoint / --pi3) for real data")
     return f"random {preset} weights: geometry is not meaningful"
 
 

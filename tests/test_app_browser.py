@@ -161,6 +161,9 @@ class Canvas:
         return self.viser().evaluate_handle(_VISER_ROW, [label, sel]).as_element()
 
 
+from vggt_mv.weights.demo import demo_weights  # noqa: E402
+
+
 def test_run_sample_and_two_tabs(app_url, tmp_path):
     pytest.importorskip("cv2")
     import numpy as np
@@ -181,7 +184,8 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
             page.wait_for_function(src_js, timeout=30_000)
             src1 = page.evaluate(src_js)
             assert src1.startswith("http://127.0.0.1:"), src1  # built from window.location.hostname
-            assert "random tiny weights" in page.inner_text("#banner")
+            banner = page.inner_text("#banner")
+            assert ("demo weights" in banner) if demo_weights("tiny") else ("random tiny weights" in banner), banner
             page.screenshot(path=str(shots / "0_loaded.png"), full_page=True)
 
             canvas = Canvas(page, shots)
