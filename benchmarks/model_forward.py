@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vggt_mv.config import ModelConfig  # noqa: E402
 from vggt_mv.layers import Block, RotaryPositionEmbedding2D, attend, patch_positions  # noqa: E402
-from vggt_mv.layers.sparse_attention import sparse_global_block  # noqa: E402
+from vggt_mv.layers.sparse_attention import sparse_attend  # noqa: E402
 from vggt_mv.model.aggregator import Aggregator  # noqa: E402
 
 NS = 5
@@ -183,28 +183,6 @@ def section_b(args) -> None:
               ["layout", "time ms", "vs flat", "peak +MB", "vs flat"], rows)
 
 
-class _AttnOnlyBlock:
-    """Stand-in for a ``Block`` whose linear parts are free: norm/LayerScale/FFN are identities,
-    ``attn.project`` returns q/k/v precomputed once for the flat tokens and ``attn.out`` is a reshape.
-    ``sparse_global_block(_AttnOnlyBlock, ...)`` then times exactly the library's attention op (key
-    selection, gathers, SDPA, scatter), not the O(N) projections shared by every strategy."""
-
-    def __init__(self, block: Block, flat: torch.Tensor, pos_all: torch.Tensor):
-        self._block = block
-        with torch.no_grad():
-            self._qkv = block.attn.project(block.norm1(flat), pos_all)
-        self._n = flat.shape[1]
-        self.norm1 = self.ls1 = self.ffn = lambda z: z
-        self.attn = self
-
-    def project(self, h, pos):
-        return self._qkv if h.shape[1] == self._n else self._block.attn.project(h, pos)  # memory tokens
-
-    def out(self, o):
-        b, h, n, d = o.shape
-        return o.transpose(1, 2).reshape(b, n, h * d)
-
-
 def _sparse_setup(t, v, grid, dim=64, heads=4):
     torch.manual_seed(0)
     block = Block(dim, heads, qk_norm=True, init_values=0.01, rope=RotaryPositionEmbedding2D(100.0)).eval()
@@ -215,20 +193,30 @@ def _sparse_setup(t, v, grid, dim=64, heads=4):
 
 
 def _sparse_fns(block, x, pos, memory, strategies, k=64):
+    """The attention op alone for each strategy (``sparse_attend`` vs ``attend`` over all tokens) on
+    q/k/v precomputed once: the O(N) projections, out-projection and residual are the same for
+    every strategy and are left out. ``landmark`` includes its saliency pass (anchor choice)."""
     b, t, v, p, c = x.shape
     flat = x.reshape(b, -1, c)
-    pos_all = pos.repeat(t * v, 1)[None]
-    stub = _AttnOnlyBlock(block, flat, pos_all)
-    q, kk, val = stub._qkv
-    # dense = the same op shape as sparse_global_block (attention + out + residual add), all keys
-    fns = {"dense": lambda: flat + stub.out(attend(q, kk, val))}
+    with torch.no_grad():
+        h = block.norm1(flat)
+        q, kk, val = block.attn.project(h, pos.repeat(t * v, 1)[None])
+    grid = (t, v, p)
+
+    def saliency():
+        patches = h.reshape(b, t * v, p, c)[:, :, NS:]
+        return (patches - patches.mean(2, keepdim=True)).norm(dim=-1)
+
+    fns = {"dense": lambda: attend(q, kk, val)}
     for s in strategies:
-        fns[s] = (lambda s=s: sparse_global_block(stub, x, pos, s, n_special=NS, landmark_k=k,
-                                                   offsets=[0, 1, -1, 2, -2, 4, -4], memory=memory))
-    if "landmark" in strategies:  # the same op with anchor scores given (no saliency pass)
+        fns[s] = (lambda s=s: sparse_attend(
+            q, kk, val, s, grid, n_special=NS, landmark_k=k,
+            landmark_scores=saliency() if s == "landmark" else None,
+            offsets=[0, 1, -1, 2, -2, 4, -4], memory=memory, block=block))
+    if "landmark" in strategies:  # the same op with anchor scores given (e.g. a previous run's confidence)
         scores = torch.rand(b, t * v, p - NS, generator=torch.Generator().manual_seed(2))
-        fns["landmark (scores given)"] = lambda: sparse_global_block(
-            stub, x, pos, "landmark", n_special=NS, landmark_k=k, landmark_scores=scores)
+        fns["landmark (scores given)"] = lambda: sparse_attend(
+            q, kk, val, "landmark", grid, n_special=NS, landmark_k=k, landmark_scores=scores)
     return {name: (lambda f=f: torch.no_grad()(f)()) for name, f in fns.items()}
 
 

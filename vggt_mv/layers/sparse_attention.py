@@ -70,17 +70,47 @@ def sparse_global_block(
     h = block.norm1(flat)
     pos_all = pos.repeat(ni, 1)[None].expand(b, -1, -1)
     q, k, val = block.attn.project(h, pos_all)  # [B, H, N, D]
-    heads, d = q.shape[1], q.shape[-1]
+    if strategy == "landmark" and landmark_scores is None:
+        patches = h.reshape(b, ni, p, c)[:, :, n_special:]
+        landmark_scores = (patches - patches.mean(2, keepdim=True)).norm(dim=-1)
+    o = sparse_attend(q, k, val, strategy, (t, v, p), n_special=n_special, bias=bias, landmark_k=landmark_k,
+                      landmark_scores=landmark_scores, offsets=offsets, memory=memory, block=block)
+    out = flat + block.ls1(block.attn.out(o))
+    return block.ffn(out).reshape(b, t, v, p, c)
 
+
+def sparse_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    strategy: str,
+    grid: tuple[int, int, int],
+    *,
+    n_special: int,
+    bias: LowRankBias | None = None,
+    landmark_k: int = 64,
+    landmark_scores: torch.Tensor | None = None,
+    offsets: list[int] | None = None,
+    memory: torch.Tensor | None = None,
+    block: Block | None = None,
+) -> torch.Tensor:
+    """The attention op alone: q/k/v ``[B,H,N,D]`` over ``grid = (T, V, P)`` images -> ``[B,H,N,D]``.
+
+    ``landmark`` needs ``landmark_scores [B, T*V, P - n_special]``; ``memory_bank`` needs ``memory``
+    ``[1, M, C]`` and the ``block`` whose projections it uses.
+    """
+    t, v, p = grid
+    b, heads, _, d = q.shape
+    ni = t * v
     if strategy == "landmark":
         if landmark_scores is None:
-            patches = h.reshape(b, ni, p, c)[:, :, n_special:]
-            landmark_scores = (patches - patches.mean(2, keepdim=True)).norm(dim=-1)
+            raise ValueError("landmark attention needs landmark_scores [B, T*V, P - n_special]")
+
         idx = landmark_index(landmark_scores, landmark_k, n_special)
         kb = None if bias is None else LowRankBias(bias.row, bias.key.gather(1, idx[..., None].expand(-1, -1, bias.key.shape[-1])))
         o = attend(q, _gather_keys(k, idx), _gather_keys(val, idx), kb)
     elif strategy == "dilated":
-        tidx, valid = dilated_time_index(t, offsets or [0], x.device)
+        tidx, valid = dilated_time_index(t, offsets or [0], q.device)
         n_off = tidx.shape[1]
         qt = q.reshape(b, heads, t, v * p, d).transpose(1, 2).reshape(b * t, heads, v * p, d)
 
@@ -99,10 +129,10 @@ def sparse_global_block(
         o = attend(qt, by_time(k), by_time(val), tb, key_mask)
         o = o.reshape(b, t, heads, v * p, d).transpose(1, 2).reshape(b, heads, ni * p, d)
     elif strategy == "memory_bank":
-        if memory is None:
-            raise ValueError("memory_bank sparse attention needs memory tokens")
+        if memory is None or block is None:
+            raise ValueError("memory_bank sparse attention needs memory tokens and the block")
         mem = memory.expand(b, -1, -1)
-        zeros = torch.zeros(b, mem.shape[1], 2, dtype=pos.dtype, device=pos.device)
+        zeros = torch.zeros(b, mem.shape[1], 2, dtype=torch.long, device=q.device)
         qm, _, _ = block.attn.project(block.norm1(mem), zeros)
         mem = mem + block.ls1(block.attn.out(attend(qm, k, val)))  # gather
         _, km, vm = block.attn.project(block.norm1(mem), zeros)
@@ -118,6 +148,4 @@ def sparse_global_block(
         o = o.reshape(b, ni, heads, p, d).transpose(1, 2).reshape(b, heads, ni * p, d)
     else:
         raise ValueError(f"unknown sparse strategy {strategy!r}")
-
-    out = flat + block.ls1(block.attn.out(o))
-    return block.ffn(out).reshape(b, t, v, p, c)
+    return o
