@@ -143,6 +143,17 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
     return out, info
 
 
+def _to_uint8_hwc(images: torch.Tensor, chunk: int = 4) -> np.ndarray:
+    """``[T,V,3,H,W]`` floats in [0,1] -> ``[T,V,H,W,3]`` uint8, a few timesteps at a time so no
+    sequence-sized float temporaries are made (memory stays bounded by the window)."""
+    t, v, _, h, w = images.shape
+    out = np.empty((t, v, h, w, 3), np.uint8)
+    for s in range(0, t, chunk):
+        part = images[s:s + chunk].detach().float().clamp(0, 1).mul_(255).round_()
+        out[s:s + chunk] = part.to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    return out
+
+
 def reconstruct(
     scene: Any,
     model: torch.nn.Module,
@@ -218,7 +229,7 @@ def reconstruct(
         model.train(was_training)
 
     res = stitcher.result()
-    imgs_u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    imgs_u8 = _to_uint8_hwc(images)
     gt = None
     if getattr(scene, "gt", None) is not None:
         gt = {k: getattr(scene.gt, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")
