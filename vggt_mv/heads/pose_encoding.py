@@ -78,7 +78,7 @@ def extri_intri_to_pose_encoding(
 ) -> torch.Tensor:
     """extrinsics ``[..., 3, 4]``, intrinsics ``[..., 3, 3]`` -> pose encoding ``[..., 9]`` (float32)."""
     if pose_encoding_type != "absT_quaR_FoV":
-        raise NotImplementedError(f"pose encoding {pose_encoding_type!r}")
+        raise ValueError(f"pose encoding {pose_encoding_type!r} is not supported; VGGT uses 'absT_quaR_FoV'")
     rot = extrinsics[..., :3, :3]
     t = extrinsics[..., :3, 3]
     quat = mat_to_quat(rot)
@@ -99,7 +99,7 @@ def pose_encoding_to_extri_intri(
     ``fx = (W/2) / tan(fov_w/2)``, ``fy = (H/2) / tan(fov_h/2)``, principal point ``(W/2, H/2)``.
     """
     if pose_encoding_type != "absT_quaR_FoV":
-        raise NotImplementedError(f"pose encoding {pose_encoding_type!r}")
+        raise ValueError(f"pose encoding {pose_encoding_type!r} is not supported; VGGT uses 'absT_quaR_FoV'")
     t = pose_encoding[..., :3]
     quat = pose_encoding[..., 3:7]
     fov_h = pose_encoding[..., 7]
