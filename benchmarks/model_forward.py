@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +42,8 @@ NS = 5
 
 
 # ---------------------------------------------------------------- configs
+from _measure import status_kb, time_interleaved  # noqa: E402  (sibling module)
+
 def model_config(size: str) -> ModelConfig:
     cfg = ModelConfig.preset("tiny")
     if size == "mid":
@@ -94,24 +95,6 @@ def make_case(spec: dict):
 
 
 # ---------------------------------------------------------------- measurement
-def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(s) for k, s in samples.items()}
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def mem_child(spec: dict) -> None:
@@ -123,11 +106,11 @@ def mem_child(spec: dict) -> None:
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        before, method = _status_kb("VmRSS"), "VmHWM"
+        before, method = status_kb("VmRSS"), "VmHWM"
     except OSError:
         before, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
     fn()
-    after = _status_kb("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kb("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_delta_mb": (after - before) / 1024.0, "method": method}))
 
 

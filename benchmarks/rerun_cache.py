@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +54,8 @@ SPARSE_RERUN = "dilated"
 
 
 # ---------------------------------------------------------------- setup
+from _measure import status_kb, time_interleaved  # noqa: E402  (sibling module)
+
 def model_config(size: str) -> ModelConfig:
     cfg = ModelConfig.preset("tiny")
     if size == "mid":
@@ -91,19 +92,6 @@ def set_settings(model, lambdas: dict[str, float], sparse: str) -> None:
     model.set_lambdas(**{"lambda_pose": 0.0, "lambda_geo": 0.0, **lambdas})
     model.config.sparse.strategy = sparse
 
-
-def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per fn, run round-robin after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------- (1) time
@@ -156,12 +144,6 @@ def time_section(size: str, args) -> list[list]:
 
 
 # ---------------------------------------------------------------- (2) memory
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
 
 def mem_child(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
@@ -172,9 +154,9 @@ def mem_child(spec: dict) -> None:
         model(scene.images[:window][None])
     cache = PipelineCache() if spec["cache"] else None
     Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     rec = vggt_mv.reconstruct(scene, model, window=window, overlap=overlap, cache=cache)
-    peak = (_status_kb("VmHWM") - before) * 1024
+    peak = (status_kb("VmHWM") - before) * 1024
     stored = sum(getattr(rec, f).nbytes for f in ("images", "depth", "depth_conf", "world_points",
                                                   "world_points_conf", "extrinsic", "intrinsic", "dynamic_mask")
                  if isinstance(getattr(rec, f, None), np.ndarray))
@@ -249,7 +231,7 @@ def main() -> None:
               ["config", "re-run", "resume at", "full ms", "re-run ms", "share", "floor", "share/floor", "target"], rows)
     if "memory" in args.sections:
         mrows = [r for s in sizes for r in memory_section(s, args)]
-        h = args.mem_resolution * 3 // 4
+        h = round(args.mem_resolution * 3 / 4 / 14) * 14  # the sample is 3:4; heights snap to 14
         table(f"(2) peak memory (MiB) at {h}x{args.mem_resolution}: VmHWM growth - stored results; {args.window} vs {4 * args.window} timesteps "
               f"(1x vs 4x the window); target 4x/1x <= 1.2",
               ["config", "cache", "1x: peak - stored = net", "4x: peak - stored = net", "4x/1x", "target"], mrows)
