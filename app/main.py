@@ -94,7 +94,7 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
         try:
             demo.block_thread()
         except KeyboardInterrupt:
-            pass
+            log.info("interrupted: shutting down")
         finally:
             registry.close_all()
             demo.close()

@@ -21,6 +21,7 @@ visibility.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -40,6 +41,8 @@ UP_AXES = {"-y (VGGT / OpenCV)": "-y", "+z": "+z"}
 _SQ = np.sqrt(0.5)
 _ROOT_WXYZ = {"-y": (1.0, 0.0, 0.0, 0.0), "+z": (_SQ, -_SQ, 0.0, 0.0)}  # R_x(-90°): -y -> +z
 
+
+log = logging.getLogger("vggt_mv.app")
 
 def frustum_fov_aspect(intrinsic: np.ndarray, height: int, width: int) -> tuple[float, float]:
     """Vertical fov (radians) from fy and H, and aspect W/H."""
@@ -162,8 +165,8 @@ class SceneView:
                 if "/" not in name:  # removing a timestep frame removes its children
                     try:
                         self.nodes[name].remove()
-                    except Exception:  # noqa: BLE001 - already gone on the client
-                        pass
+                    except Exception as exc:  # noqa: BLE001 - already gone on the client
+                        log.debug("scene node %s already removed: %s", name, exc)
             self.nodes.clear()
             self.rec = self.ghost = None
 
@@ -362,7 +365,7 @@ class SceneView:
             ic.look_at = (0.0, 0.0, 0.0)
             ic.up = (0.0, -1.0, 0.0) if self.options["up"] == "-y" else (0.0, 0.0, 1.0)
         except AttributeError:  # a target without initial_camera (tests)
-            pass
+            log.debug("viewer target has no initial_camera; keeping its default view")
 
     # ------------------------------------------------------------------ viser GUI
     def _sync_gui(self, key: str, value: Any) -> None:
@@ -379,7 +382,7 @@ class SceneView:
             try:
                 self.on_change(key, value)
             except Exception:  # noqa: BLE001 - never let a UI callback kill the viewer
-                pass
+                log.warning("viewer on_change(%r) failed", key, exc_info=True)
 
     def _build_gui(self) -> None:
         for key in ("f1", "f2", "f3"):  # removing a folder removes its children
@@ -387,8 +390,8 @@ class SceneView:
             if h is not None:
                 try:
                     h.remove()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as exc:  # noqa: BLE001 - the client already dropped it
+                    log.debug("GUI handle already removed: %s", exc)
         self._gui = {}
         self._gui_muted = False
         rec, gui, o = self.rec, self.gui, self.options

@@ -346,8 +346,8 @@ class SessionState:
         if self.server is not None:
             try:
                 self.server.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing a session must not fail the page
+                log.warning("stopping viser server of session %s failed: %s", self.id, exc)
         self.rec = self.prev = None
 
 
