@@ -183,3 +183,32 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path):
         assert torch.equal(v, sd[k]), k  # 100% of tensors loaded from the file
     assert main(["train", "--steps", "2", "--out", str(out), "--no-progress"]) == 2  # refuses to overwrite
     assert main(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
+
+
+def test_init_from_saved_weights_and_refuses_partial_files(tmp_path):
+    from safetensors.torch import save_file
+
+    first = Trainer(small_cfg(steps=1), tmp_path / "a")
+    first.fit(progress=False)
+    weights = tmp_path / "a" / "model.safetensors"
+    again = Trainer(small_cfg(steps=1, init=str(weights), seed=9))  # another seed would init differently
+    a, b = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    half = dict(list(a.items())[: len(a) // 2])
+    save_file({k: v.contiguous() for k, v in half.items()}, str(tmp_path / "half.safetensors"))
+    with pytest.raises(ValueError, match="must hold the whole model"):
+        Trainer(small_cfg(init=str(tmp_path / "half.safetensors")))
+    # resuming does not re-read the init file (it may have moved since)
+    first.cfg.init = str(tmp_path / "gone.safetensors")
+    first.save_checkpoint(tmp_path / "ck.pt")
+    assert Trainer.resume(tmp_path / "ck.pt").cfg.init.endswith("gone.safetensors")
+
+
+def test_camera_arc_range_is_sampled():
+    from vggt_mv.train.data import SceneSampling
+
+    ds = SyntheticDynamicDataset(T, V, H, W, seed=0, sampling=SceneSampling(arc_deg=(30.0, 90.0)))
+    arcs = [ds.scene_config().arc_deg for _ in range(20)]
+    assert all(30.0 <= a <= 90.0 for a in arcs) and max(arcs) - min(arcs) > 20.0
+    fixed = SyntheticDynamicDataset(T, V, H, W, seed=0, sampling=SceneSampling(arc_deg=(60.0, 60.0)))
+    assert fixed.scene_config().arc_deg == 60.0

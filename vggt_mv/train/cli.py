@@ -30,16 +30,30 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _timesteps(text: str) -> tuple[int, int]:
-    """``"4"`` or ``"3-6"`` -> ``(lo, hi)``."""
+def _span(flag: str, cast: type, example: str, min_lo: float):
+    """An argparse type for ``"x"`` or ``"lo-hi"`` -> ``(lo, hi)`` with ``min_lo <= lo <= hi``."""
+    def parse(text: str) -> tuple:
+        try:
+            lo, _, hi = text.partition("-")
+            rng = (cast(lo), cast(hi or lo))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must look like {example}, got {text!r}") from None
+        if rng[0] < min_lo or rng[1] < rng[0]:
+            raise argparse.ArgumentTypeError(f"{flag} {text}: need {min_lo} <= lo <= hi")
+        return rng
+    return parse
+
+
+_timesteps = _span("--timesteps", int, "4 or 3-6", 1)
+_arc = _span("--arc", float, "60 or 40-80 (degrees)", 0.0)
+
+
+def _layers(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``."""
     try:
-        lo, _, hi = text.partition("-")
-        rng = (int(lo), int(hi or lo))
+        return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--timesteps must look like 4 or 3-6, got {text!r}") from None
-    if rng[0] <= 0 or rng[1] < rng[0]:
-        raise argparse.ArgumentTypeError(f"--timesteps {text}: need 0 < lo <= hi")
-    return rng
+        raise argparse.ArgumentTypeError(f"expected layer indices like 1,2, got {text!r}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (e.g. a previous run's model.safetensors) instead of random init")
     p.add_argument("--size", type=_sizes, default=[(d.height, d.width)],
                    help="HxW (multiples of 14), or a comma list drawn per step; validation uses the first "
                         "(default: 126x168)")
@@ -66,6 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--ext-mask-prob", type=float, default=d.ext_mask_prob,
                    help="share of samples that feed the GT mask as external mask (default: %(default)s)")
+    p.add_argument("--arc", type=_arc, default=tuple(d.arc_deg),
+                   help="degrees spanned by each scene's camera arc, drawn in lo-hi (default: 40-80)")
+    p.add_argument("--camera-weight", type=float, default=d.loss.camera, help="camera loss weight (default: %(default)s)")
+    p.add_argument("--corr-weight", type=float, default=d.loss.corr,
+                   help="View-SA correspondence supervision weight; 0 = off (default: %(default)s)")
+    p.add_argument("--corr-layers", type=_layers, default=d.loss.corr_layers,
+                   help="layers whose View-SA attention is supervised (default: 1,2)")
     p.add_argument("--mask-weight", type=float, default=d.loss.mask, help="dynamic-mask BCE weight")
     p.add_argument("--mask-pos-weight", type=float, default=d.loss.mask_pos_weight,
                    help="BCE weight of dynamic patches (default: %(default)s)")
@@ -100,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
             timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
             height=h, width=w, extra_sizes=extra,
-            ext_mask_prob=args.ext_mask_prob, seed=args.seed, threads=args.threads,
+            ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
+            init=str(args.init) if args.init else None,
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
-            loss=LossConfig(mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight),
+            loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
+                            corr=args.corr_weight, corr_layers=args.corr_layers),
         )
         trainer = Trainer(cfg, out)
     summary = trainer.fit(progress=not args.no_progress)

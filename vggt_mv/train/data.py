@@ -43,6 +43,7 @@ class SceneSampling:
     n_moving: tuple[int, int] = (1, 3)        # inclusive
     n_static_boxes: tuple[int, int] = (1, 3)  # inclusive
     fps: tuple[float, float] = (6.0, 14.0)    # speed of motion per timestep
+    arc_deg: tuple[float, float] = (40.0, 80.0)  # angle spanned by the camera arc
 
 
 def to_homogeneous(ext: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,7 @@ class SyntheticDynamicDataset:
             n_moving=int(self.rng.integers(sp.n_moving[0], sp.n_moving[1] + 1)),
             n_static_boxes=int(self.rng.integers(sp.n_static_boxes[0], sp.n_static_boxes[1] + 1)),
             fps=float(self.rng.uniform(*sp.fps)),
+            arc_deg=float(self.rng.uniform(*sp.arc_deg)),
         )
 
     def sample(self) -> dict[str, torch.Tensor]:

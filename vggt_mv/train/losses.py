@@ -6,14 +6,16 @@
 * depth and points: confidence-weighted regression ``c * ||pred - gt|| - alpha * log(c)`` on
   valid pixels, plus a multi-scale gradient term on the error (also confidence weighted);
 * dynamic mask: BCE between the model's per-patch ``dynamic_mask`` probability (clamped) and the
-  fraction of dynamic pixels per patch.
+  fraction of dynamic pixels per patch;
+* optional View-SA correspondence term (``corr``, :mod:`vggt_mv.train.correspondence`), added by the
+  trainer because it needs the attention blocks' inputs.
 
 Shapes follow the model's 6-D outputs: ``pose_enc_list [N,B,T,V,9]``, ``depth [B,T,V,H,W,1]``,
 ``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_mask [B,T,V,h,w]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,9 @@ class LossConfig:
     max_error: float = 100.0    # per-pixel error clamp against outliers
     mask_eps: float = 1e-4
     mask_pos_weight: float = 3.0  # dynamic patches are ~5-10 %: favour recall (IoU at 0.5)
+    corr: float = 0.0           # View-SA correspondence supervision (0 = off)
+    corr_layers: list[int] = field(default_factory=lambda: [1, 2])
+    corr_head: int = 0          # the attention head that is supervised
 
 
 def _pose_term(pred: torch.Tensor, gt: torch.Tensor, kind: str, delta: float) -> torch.Tensor:

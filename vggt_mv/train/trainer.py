@@ -23,7 +23,8 @@ import torch
 from vggt_mv.config import ModelConfig
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
-from vggt_mv.train.data import SyntheticDynamicDataset, validation_batch
+from vggt_mv.train.correspondence import capture_view_inputs, correspondence_loss, patch_correspondences
+from vggt_mv.train.data import SceneSampling, SyntheticDynamicDataset, validation_batch
 from vggt_mv.train.losses import LossConfig, compute_losses
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -51,7 +52,9 @@ class TrainConfig:
     width: int = 168
     extra_sizes: list[list[int]] = field(default_factory=list)  # more (H, W) drawn per step
     ext_mask_prob: float = 0.25
+    arc_deg: list[float] = field(default_factory=lambda: [40.0, 80.0])  # camera-rig arc range
     seed: int = 0
+    init: str | None = None          # weights (.safetensors / .pt) to start from instead of random init
     threads: int = 2
     log_every: int = 10
     ckpt_every: int = 100
@@ -121,8 +124,9 @@ def atomic_write_text(text: str, path: Path) -> None:
 @torch.no_grad()
 def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """Cheap progress metrics (both sides in the reference frame, no alignment):
-    depth AbsRel after per-image median scaling, median camera rotation error (degrees,
-    non-reference cameras), patch-level dynamic-mask IoU at 0.5 (GT: fraction > 0.5)."""
+    depth AbsRel after per-image median scaling, median camera rotation error (degrees, cameras of
+    the non-reference views: view 0 repeats the reference pose), patch-level dynamic-mask IoU at
+    0.5 (GT: fraction > 0.5)."""
     res: dict[str, float] = {}
     valid = batch["valid"]
     if "depth" in out:
@@ -138,7 +142,7 @@ def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) 
         r_p = quat_to_mat(out["pose_enc"][..., 3:7])
         r_g = batch["extrinsic"][..., :3, :3]
         cos = ((r_p.transpose(-1, -2) @ r_g).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-        ang = torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).flatten(1)[:, 1:]
+        ang = torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))[:, :, 1:]
         res["rot_err_deg"] = float(ang.median()) if ang.numel() else 0.0
     if "dynamic_mask" in out:
         p, g = out["dynamic_mask"] > 0.5, batch["dynamic_mask_patch"] > 0.5
@@ -158,22 +162,50 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model_config = model_config or ModelConfig.preset(cfg.preset)
         self.model = VGGTMV(self.model_config)
+        if cfg.init:
+            self._load_init(cfg.init)
         self.model.train()
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
         sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
         self.data = SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width,
                                             seed=cfg.seed, ext_mask_prob=cfg.ext_mask_prob,
+                                            sampling=SceneSampling(arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1]))),
                                             sizes=sizes, max_T=cfg.max_timesteps)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._val: dict[str, torch.Tensor] | None = None
 
+    def _load_init(self, path: str) -> None:
+        """Start from saved weights (all tensors must be there: fine-tuning, not surgery)."""
+        from vggt_mv.weights.loader import load_model
+
+        loaded, report = load_model(self.model_config, checkpoint=path)
+        if report.fraction_loaded("checkpoint") < 1.0 or report.left_at_init:
+            raise ValueError(f"--init {path}: only {report.fraction_loaded('checkpoint'):.0%} of the "
+                             f"{self.model_config.name} tensors were found; it must hold the whole model")
+        self.model.load_state_dict(loaded.state_dict())
+
     # ------------------------------------------------------------------ one step
     def forward_losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Model outputs and loss terms for a batch (external masks only where the batch enables them)."""
+        """Model outputs and loss terms for a batch (external masks only where the batch enables them).
+
+        With ``loss.corr > 0`` the View-SA inputs of ``loss.corr_layers`` are captured during the
+        forward and the correspondence term is added (key ``corr``).
+        """
+        lc = self.cfg.loss
         ext = batch["ext_masks"] if bool(batch["ext_mask_on"].any()) else None
-        out = self.model(batch["images"], ext_masks=ext)
-        return out, compute_losses(out, batch, self.cfg.loss)
+        layers = lc.corr_layers if lc.corr > 0 and batch["images"].shape[2] > 1 else []
+        with capture_view_inputs(self.model.aggregator, layers) as captured:
+            out = self.model(batch["images"], ext_masks=ext)
+        terms = compute_losses(out, batch, lc)
+        if captured:
+            key, ok = patch_correspondences(batch, self.model_config.patch_size)
+            psi = self.model.aggregator.patch_start_idx
+            corr = torch.stack([correspondence_loss(blk, x, pos, key, ok, psi, lc.corr_head)
+                                for blk, x, pos in captured]).mean()
+            terms["corr"] = corr
+            terms["loss"] = terms["loss"] + lc.corr * corr
+        return out, terms
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimizer step on ``batch``; returns the float loss terms, lr, grad norm and lambdas."""
@@ -262,7 +294,9 @@ class Trainer:
         cfg = TrainConfig.from_dict(state["train_config"])
         if steps is not None:
             cfg.steps = int(steps)
-        trainer = cls(cfg, out_dir, ModelConfig.from_dict(state["model_config"]))
+        # the checkpoint already holds the weights: do not re-read cfg.init (it may have moved)
+        trainer = cls(dataclasses.replace(cfg, init=None), out_dir, ModelConfig.from_dict(state["model_config"]))
+        trainer.cfg = cfg
         trainer.load_state_dict(state)
         return trainer
 
