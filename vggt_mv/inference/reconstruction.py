@@ -107,7 +107,9 @@ class Reconstruction:
                 raise ValueError(f"dynamic_mask must be [T,V,H,W] or [T,V,h,w], got {mask.shape}")
             if mask.shape[2:] != (h, w):
                 mask = _resize_maps(mask, h, w)
-            self.dynamic_mask = np.clip(mask, 0.0, 1.0)
+            if mask.size and not (np.nanmin(mask) >= 0.0 and np.nanmax(mask) <= 1.0):
+                mask = np.clip(mask, 0.0, 1.0)  # copy only when needed: masks are sequence-sized
+            self.dynamic_mask = mask
         if self.view_names is None:
             self.view_names = [f"cam{i}" for i in range(v)]
         self.view_names = [str(n) for n in self.view_names]
