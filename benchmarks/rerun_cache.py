@@ -18,7 +18,8 @@ Issue acceptance: for the ``tiny`` preset and a mid-size config (embed 256, dept
     Note the floor is compared at the re-run's own settings (a λ != 0 computes the bias, λ = 0 skips
     it exactly), so "re-run share" divides by a full run at those same settings.
 
-(2) Memory. Each sequence length runs in a fresh subprocess: build the model and the scene, warm
+(2) Memory. Each sequence length runs in a fresh subprocess (with ``MALLOC_MMAP_THRESHOLD_=131072``
+    so that freed buffers leave RSS; see ``peak_memory``): build the model and the scene, warm
     up with one window's forward, reset the kernel's RSS high-water mark (``/proc/self/clear_refs``
     <- 5), run ``reconstruct`` and report ``VmHWM - VmRSS(before) - stored results`` where the stored
     results are the ``Reconstruction``'s arrays (plus the cache's stored bytes in the cache variant).
@@ -168,8 +169,13 @@ def mem_child(spec: dict) -> None:
 
 
 def peak_memory(spec: dict) -> dict:
+    # A fixed mmap threshold: every allocation >= 128 KiB is its own mapping, returned to the OS on
+    # free, so VmHWM follows the live arrays / tensors. With glibc's default *dynamic* threshold,
+    # freed buffers stay resident in the heap and the second forward reuses the warm-up's pages:
+    # VmHWM growth then ranged 22-142 MiB for the same run (measured), which says nothing.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

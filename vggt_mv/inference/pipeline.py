@@ -222,6 +222,7 @@ def reconstruct(
                 pred = outputs_to_prediction(out, (H, W))
                 del out, imgs, masks
                 stitcher.add(plan, pred)
+                del pred  # its arrays are in the stitcher now; do not hold them through the next forward
                 win_meta.append({**stitcher.info[-1], **info, "model_s": t1 - t0, "total_s": time.perf_counter() - t0})
                 report((plan.index + 1) / len(plans),
                        f"window {plan.index + 1}/{len(plans)} (t={plan.start}..{plan.stop - 1}, cache {info['cache']})")
