@@ -212,3 +212,15 @@ def test_camera_arc_range_is_sampled():
     assert all(30.0 <= a <= 90.0 for a in arcs) and max(arcs) - min(arcs) > 20.0
     fixed = SyntheticDynamicDataset(T, V, H, W, seed=0, sampling=SceneSampling(arc_deg=(60.0, 60.0)))
     assert fixed.scene_config().arc_deg == 60.0
+
+
+def test_worker_batches_are_determined_by_the_step(tmp_path):
+    from vggt_mv.train.trainer import batch_for_step
+
+    cfg = small_cfg(steps=2, workers=2)
+    a, b = batch_for_step(cfg, 1), batch_for_step(cfg, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(batch_for_step(cfg, 0)["images"], a["images"])
+    tr = Trainer(cfg, tmp_path / "w")
+    summary = tr.fit(progress=False)  # batches rendered by 2 spawned processes
+    assert tr.step == 2 and summary["steps_run"] == 2 and (tmp_path / "w" / "model.safetensors").is_file()

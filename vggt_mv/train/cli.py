@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="timesteps per scene, or a range lo-hi drawn per step (default: 4)")
     p.add_argument("--batch", type=int, default=d.batch_size, help="scenes per step (default: %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="processes rendering training scenes; 0 = in the training process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
-            init=str(args.init) if args.init else None,
+            init=str(args.init) if args.init else None, device=args.device, workers=args.workers,
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
             loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
                             corr=args.corr_weight, corr_layers=args.corr_layers),

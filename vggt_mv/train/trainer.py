@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vggt_mv.config import ModelConfig
@@ -56,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None          # weights (.safetensors / .pt) to start from instead of random init
     threads: int = 2
+    device: str = "cpu"              # "cpu", "cuda" (or "cuda:N"); data is always made on the CPU
+    workers: int = 0                 # >0: render batches in that many processes (see batch_for_step)
     log_every: int = 10
     ckpt_every: int = 100
     val_every: int = 250             # 0 disables validation
@@ -151,6 +154,27 @@ def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) 
     return res
 
 
+def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset:
+    """The scene stream of ``cfg`` seeded with ``seed``."""
+    sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
+    return SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width, seed=seed,
+                                   ext_mask_prob=cfg.ext_mask_prob, sizes=sizes, max_T=cfg.max_timesteps,
+                                   sampling=SceneSampling(arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1]))))
+
+
+def batch_for_step(cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """The batch of ``step`` when ``cfg.workers > 0``: drawn from its own generator seeded with
+    ``(cfg.seed, step)``, so batches can be rendered in any process and order and a resumed run
+    sees the same ones."""
+    seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
+    return make_dataset(cfg, seed).batch(cfg.batch_size)
+
+
+def _worker_batch(args: tuple[dict[str, Any], int]) -> dict[str, torch.Tensor]:
+    torch.set_num_threads(1)
+    return batch_for_step(TrainConfig.from_dict(args[0]), args[1])
+
+
 class Trainer:
     """Owns model, optimizer and data stream of one run; ``out_dir`` receives checkpoints and logs."""
 
@@ -161,16 +185,14 @@ class Trainer:
         torch.set_num_threads(max(1, cfg.threads))
         torch.manual_seed(cfg.seed)
         self.model_config = model_config or ModelConfig.preset(cfg.preset)
+        self.device = torch.device(cfg.device)
         self.model = VGGTMV(self.model_config)
         if cfg.init:
             self._load_init(cfg.init)
+        self.model.to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
-        sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
-        self.data = SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width,
-                                            seed=cfg.seed, ext_mask_prob=cfg.ext_mask_prob,
-                                            sampling=SceneSampling(arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1]))),
-                                            sizes=sizes, max_T=cfg.max_timesteps)
+        self.data = make_dataset(cfg, cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._val: dict[str, torch.Tensor] | None = None
@@ -193,6 +215,7 @@ class Trainer:
         forward and the correspondence term is added (key ``corr``).
         """
         lc = self.cfg.loss
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         ext = batch["ext_masks"] if bool(batch["ext_mask_on"].any()) else None
         layers = lc.corr_layers if lc.corr > 0 and batch["images"].shape[2] > 1 else []
         with capture_view_inputs(self.model.aggregator, layers) as captured:
@@ -250,7 +273,7 @@ class Trainer:
         self.model.eval()
         outs, metrics = [], []
         for i in range(self._val["images"].shape[0]):
-            b = {k: v[i:i + 1] for k, v in self._val.items()}
+            b = {k: v[i:i + 1].to(self.device) for k, v in self._val.items()}
             out, terms = self.forward_losses(b)
             outs.append({k: float(v) for k, v in terms.items()})
             metrics.append(quick_metrics(out, b))
@@ -318,7 +341,10 @@ class Trainer:
         from vggt_mv.weights.loader import save_merged
 
         self.model.eval()
-        return save_merged(self.model, self._out(WEIGHTS_NAME))
+        try:
+            return save_merged(self.model.cpu(), self._out(WEIGHTS_NAME))
+        finally:
+            self.model.to(self.device)
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress: bool = True) -> dict[str, Any]:
@@ -334,9 +360,16 @@ class Trainer:
         acc: dict[str, float] = {}
         n_acc = 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True, desc="train")
+        pool = None
+        if cfg.workers > 0:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(cfg.workers)
+            batches = pool.imap(_worker_batch, ((cfg.to_dict(), s) for s in range(self.step, cfg.steps)))
         try:
             while self.step < cfg.steps:
-                rec = self.train_step(self.data.batch(cfg.batch_size))
+                batch = next(batches) if pool is not None else self.data.batch(cfg.batch_size)
+                rec = self.train_step(batch)
                 for k, v in rec.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
@@ -357,6 +390,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            if pool is not None:
+                pool.terminate()
         elapsed = time.perf_counter() - t0
         summary = {"steps_run": self.step - n0, "seconds": elapsed,
                    "sec_per_step": elapsed / max(1, self.step - n0)}
