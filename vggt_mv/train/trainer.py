@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from vggt_mv.config import ModelConfig
+from vggt_mv.export.atomic import atomic_file
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
 from vggt_mv.train.correspondence import capture_view_inputs, correspondence_loss, patch_correspondences
@@ -101,27 +101,6 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any
         {"params": scalars, "weight_decay": 0.0, "lr_mult": cfg.lambda_lr_mult},
     ]
     return [g for g in groups if g["params"]]
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -306,7 +285,8 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Atomically write the full training state (default ``out_dir/checkpoint.pt``)."""
         p = Path(path) if path is not None else self._out(CHECKPOINT_NAME)
-        atomic_torch_save(self.state_dict(), p)
+        with atomic_file(p) as f:
+            torch.save(self.state_dict(), f)
         return p
 
     @classmethod
@@ -333,7 +313,8 @@ class Trainer:
         log = {"train_config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
                "step": self.step, "history": self.history, **(extra or {})}
         p = self._out(LOG_NAME)
-        atomic_write_text(json.dumps(log, indent=1), p)
+        with atomic_file(p, "w") as f:
+            f.write(json.dumps(log, indent=1))
         return p
 
     def save_weights(self) -> Path:

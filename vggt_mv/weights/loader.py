@@ -160,6 +160,8 @@ def save_merged(model, path: str | os.PathLike, report: LoadReport | None = None
     try:
         save_file(tensors, str(tmp), metadata=meta)
         tmp_json.write_text(json.dumps(manifest, indent=1))
+        for t in (tmp, tmp_json):
+            os.chmod(t, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
         os.replace(tmp_json, path.with_suffix(".json"))
     finally:
