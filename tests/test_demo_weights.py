@@ -9,6 +9,7 @@ from vggt_mv.eval.baselines import scorecard
 from vggt_mv.weights.demo import demo_weights
 
 ABS_REL_MAX = 0.20
+ROT_MAX_DEG = 20.0  # measured 14.3 (model card); the guard leaves room for CPU / library numerics
 
 
 @pytest.mark.slow
@@ -25,6 +26,6 @@ def test_demo_weights_depth_on_the_sample():
     assert depth["model"] <= ABS_REL_MAX, card
     assert depth["model"] <= 0.5 * depth["baseline_constant_depth"], card
     rot = card["rotation_error_median_deg"]
-    assert rot["model"] < rot["baseline_mean_rig"], card
+    assert rot["model"] < min(ROT_MAX_DEG, rot["baseline_mean_rig"]), card
     iou = card["mask_iou"]
-    assert iou["model"] > max(iou["baseline_all_dynamic"], iou["baseline_all_static"]), card
+    assert iou["model"] >= 0.5 and iou["model"] > max(iou["baseline_all_dynamic"], iou["baseline_all_static"]), card
