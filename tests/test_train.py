@@ -215,12 +215,14 @@ def test_camera_arc_range_is_sampled():
 
 
 def test_worker_batches_are_determined_by_the_step(tmp_path):
-    from vggt_mv.train.trainer import batch_for_step
+    from vggt_mv.train.trainer import batch_for_step, prefetched_batches
 
     cfg = small_cfg(steps=2, workers=2)
     a, b = batch_for_step(cfg, 1), batch_for_step(cfg, 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(batch_for_step(cfg, 0)["images"], a["images"])
+    fetched = list(prefetched_batches(cfg, 0))  # rendered in 2 processes, delivered in step order
+    assert len(fetched) == 2 and all(torch.equal(fetched[1][k], a[k]) for k in a)
     tr = Trainer(cfg, tmp_path / "w")
     summary = tr.fit(progress=False)  # batches rendered by 2 spawned processes
     assert tr.step == 2 and summary["steps_run"] == 2 and (tmp_path / "w" / "model.safetensors").is_file()

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,24 @@ def batch_for_step(cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
 def _worker_batch(args: tuple[dict[str, Any], int]) -> dict[str, torch.Tensor]:
     torch.set_num_threads(1)
     return batch_for_step(TrainConfig.from_dict(args[0]), args[1])
+
+
+def prefetched_batches(cfg: TrainConfig, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of steps ``start .. cfg.steps - 1`` in order, rendered by ``cfg.workers`` spawned
+    processes at most two per worker ahead (bounded memory); closing the generator stops the pool."""
+    import multiprocessing as mp
+
+    spec = cfg.to_dict()
+    with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        pending: deque = deque()
+        nxt = start
+        while True:
+            while len(pending) < 2 * cfg.workers and nxt < cfg.steps:
+                pending.append(pool.apply_async(_worker_batch, ((spec, nxt),)))
+                nxt += 1
+            if not pending:
+                return
+            yield pending.popleft().get()
 
 
 class Trainer:
@@ -341,15 +361,10 @@ class Trainer:
         acc: dict[str, float] = {}
         n_acc = 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True, desc="train")
-        pool = None
-        if cfg.workers > 0:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn").Pool(cfg.workers)
-            batches = pool.imap(_worker_batch, ((cfg.to_dict(), s) for s in range(self.step, cfg.steps)))
+        batches = prefetched_batches(cfg, self.step) if cfg.workers > 0 else None
         try:
             while self.step < cfg.steps:
-                batch = next(batches) if pool is not None else self.data.batch(cfg.batch_size)
+                batch = next(batches) if batches is not None else self.data.batch(cfg.batch_size)
                 rec = self.train_step(batch)
                 for k, v in rec.items():
                     acc[k] = acc.get(k, 0.0) + v
@@ -371,8 +386,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
-            if pool is not None:
-                pool.terminate()
+            if batches is not None:
+                batches.close()
         elapsed = time.perf_counter() - t0
         summary = {"steps_run": self.step - n0, "seconds": elapsed,
                    "sec_per_step": elapsed / max(1, self.step - n0)}
