@@ -4,8 +4,10 @@ sparse strategies on CUDA, the sample reconstructed on CPU / CUDA bf16 / CUDA fp
 
     PYTHONPATH=. python3 scripts/gpu_check.py      # ~15 s on an H100 (numbers: issue 5/7 notes)
 """
-import json, time, sys
-import numpy as np, torch
+import json
+import time
+
+import torch
 import vggt_mv
 from vggt_mv.eval.baselines import scorecard
 from vggt_mv.inference.cache import PipelineCache
