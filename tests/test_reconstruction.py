@@ -147,6 +147,17 @@ def test_patch_grid_mask_is_upsampled(rec):
     assert (r.dynamic_mask[..., :, :2] == 1).all() and (r.dynamic_mask[..., :, -2:] == 0).all()
 
 
+def test_mask_is_clipped_only_when_needed(rec):
+    t, v, h, w = rec.depth.shape
+    in_range = np.full((t, v, h, w), 0.25, np.float32)
+    r = Reconstruction(rec.images, rec.depth, None, None, None, rec.extrinsic, rec.intrinsic, dynamic_mask=in_range)
+    assert np.shares_memory(r.dynamic_mask, in_range)  # no sequence-sized copy
+    wild = np.linspace(-1.0, 2.0, t * v * h * w, dtype=np.float32).reshape(t, v, h, w)
+    r = Reconstruction(rec.images, rec.depth, None, None, None, rec.extrinsic, rec.intrinsic, dynamic_mask=wild)
+    assert r.dynamic_mask.min() == 0.0 and r.dynamic_mask.max() == 1.0
+    assert wild.min() == -1.0 and not np.shares_memory(r.dynamic_mask, wild)  # the input is left alone
+
+
 def test_shape_validation_and_defaults(rec):
     with pytest.raises(ValueError, match="extrinsic"):
         Reconstruction(rec.images, rec.depth, None, None, None, rec.extrinsic[:, :2], rec.intrinsic)
