@@ -83,6 +83,7 @@ class RunParams:
     frame_start: int = 0
     frame_stop: int = 0       # 0 = to the end
     stride: int = 1
+    allow_partial: bool = False  # load weights that do not cover the model (banner says so)
 
 
 def parse_views(text: str) -> list[str]:
@@ -121,7 +122,7 @@ def resolve_device(device: str) -> str:
 
 
 def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
-              strategy: str) -> tuple[Any, str]:
+              strategy: str, allow_partial: bool = False) -> tuple[Any, str]:
     """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens)."""
     from vggt_mv.config import ModelConfig
 
@@ -130,7 +131,7 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             raise UserError(f"{label} file not found: {path!r} (give a local .pt / .safetensors path)")
     bank = strategy == "memory_bank"
     auto = None if (checkpoint or pi3) else demo_weights(preset)
-    key = (preset, checkpoint, pi3, device, bank, str(auto))
+    key = (preset, checkpoint, pi3, device, bank, str(auto), allow_partial)
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]
@@ -140,9 +141,10 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             cfg.validate()
         ckpt = checkpoint or (str(auto) if auto else None)
         from vggt_mv.weights import load_model
+        from vggt_mv.weights.loader import partial_weights_note
 
         try:
-            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device)
+            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device, strict=not allow_partial)
         except ValueError as exc:  # wrong file / role / variant: show it, keep the app running
             raise UserError(str(exc)) from exc
         if ckpt or pi3:
@@ -151,6 +153,9 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             banner = f"weights: {names} ({'bundled demo weights' if auto else 'user files'}) — {loaded}"
         else:
             banner = f"random {preset} weights: geometry is not meaningful"
+        partial = partial_weights_note(model)
+        if partial:
+            banner = f"{partial.upper()[:1]}{partial[1:]}: " + banner
         if bank:
             banner += " · memory_bank: model rebuilt with fresh (untrained) memory tokens"
         model.eval()
@@ -221,7 +226,8 @@ def attention_diagnostics(params: RunParams) -> list[list[str]]:
 
     scene = load_params_scene(params)
     device = resolve_device(params.device)
-    model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy)
+    model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
+                         params.allow_partial)
     if not model.config.mask.enabled:
         raise UserError(f"preset {params.preset} has no dynamic-mask head: nothing to diagnose")
     layout = None if params.layout in ("auto", "", None) else params.layout
@@ -246,7 +252,8 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     if cancel.is_set():
         raise Cancelled()
     report(0.1, "loading model")
-    model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy)
+    model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
+                              params.allow_partial)
     notes: list[str] = []
     layout = None if params.layout in ("auto", "", None) else params.layout
     with RUN_LOCK:

@@ -245,7 +245,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
                 window=int(window_v or 8), overlap=int(overlap_v or 0), lambda_pose=lp, lambda_geo=lg,
                 lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
-                frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1))
+                frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1),
+                allow_partial=d.allow_partial)
 
         def do_estimate(sess, *values):
             try:
