@@ -30,7 +30,7 @@ from vggt_mv.export.ply import write_ply
 if TYPE_CHECKING:
     from vggt_mv.inference.reconstruction import Reconstruction
 
-__all__ = ["save_reconstruction", "load_reconstruction", "json_safe", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save_reconstruction", "read_reconstruction", "json_safe", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "vggt-mv-reconstruction"
 FORMAT_VERSION = 1
@@ -158,10 +158,9 @@ def save_reconstruction(
     return out_dir
 
 
-def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
-    """Load an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``."""
-    from vggt_mv.inference.reconstruction import Reconstruction
-
+def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``:
+    the keyword arguments of ``Reconstruction(...)`` (``Reconstruction.load`` builds it)."""
     path = Path(path)
     folder = path.parent if path.suffix == ".npz" else path
     npz_path = path if path.suffix == ".npz" else path / "reconstruction.npz"
@@ -190,7 +189,7 @@ def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
     gt.update(manifest.get("gt_extra") or {})
     has_gt = manifest.get("has_gt", bool(gt))
     view_names = [str(n) for n in arrays["view_names"]] if "view_names" in arrays else manifest.get("view_names")
-    return Reconstruction(
+    return dict(
         images=arrays["images"], depth=arrays["depth"], depth_conf=arrays["depth_conf"],
         world_points=arrays["world_points"], world_points_conf=arrays["world_points_conf"],
         extrinsic=arrays["extrinsic"], intrinsic=arrays["intrinsic"],
