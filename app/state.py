@@ -126,9 +126,13 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
     """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens)."""
     from vggt_mv.config import ModelConfig
 
-    for label, path in (("checkpoint", checkpoint), ("Pi3 weights", pi3)):
-        if path and not Path(path).expanduser().is_file():
-            raise UserError(f"{label} file not found: {path!r} (give a local .pt / .safetensors path)")
+    from vggt_mv.weights.hub import resolve_weights
+
+    try:  # names and hf:// URIs become cached files (downloaded once) before anything stats them
+        checkpoint = str(resolve_weights(checkpoint, "checkpoint")) if checkpoint else None
+        pi3 = str(resolve_weights(pi3, "Pi3 weights")) if pi3 else None
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from exc
     bank = strategy == "memory_bank"
     auto = None if (checkpoint or pi3) else demo_weights(preset)
     key = (preset, checkpoint, pi3, device, bank, str(auto), allow_partial)
