@@ -138,3 +138,45 @@ def test_absent_name_in_the_app_is_a_message(hub_home):
 
     with pytest.raises(UserError, match="hf download facebook/VGGT-1B missing.safetensors"):
         get_model("vggt", "hf://facebook/VGGT-1B/missing.safetensors", None, "cpu", "none")
+
+
+def test_choices_and_descriptions_for_the_app(hub_home, tmp_path):
+    from vggt_mv.weights.hub import describe_weights, weights_choices
+
+    labels = dict((v, label) for label, v in weights_choices("checkpoint"))
+    assert labels == {"vggt-1b": "vggt-1b (cached)", "page4d-mask": "page4d-mask (cached)",
+                      "page4d-nomask": "page4d-nomask (downloads on first run)"}
+    assert weights_choices("pi3") == [("pi3 (cached)", "pi3")]
+    assert describe_weights("vggt-1b").startswith("hf://facebook/VGGT-1B/model.safetensors: cached (")
+    assert "hf download zhouk777/PAGE4D checkpoint_nomask.pt --repo-type dataset" in describe_weights("page4d-nomask")
+    (tmp_path / "w.pt").write_bytes(b"x" * 2000)
+    assert describe_weights(str(tmp_path / "w.pt")) == "local file, 2.0 KB"
+
+
+def _resolve_on_rank(rank: int, world: int, port: int, home: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(HF_HOME=home, HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=__import__("datetime").timedelta(seconds=60))
+    try:
+        Path(out, f"rank{rank}").write_text(str(resolve_weights("vggt-1b")))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_resolves_a_name_under_torch_distributed(hub_home, tmp_path):
+    """Rank 0 fetches, the others wait at the barrier and read the cache: all get the same file."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_resolve_on_rank, args=(2, port, str(hub_home), str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    paths = {(tmp_path / f"rank{r}").read_text() for r in range(2)}
+    assert len(paths) == 1 and paths.pop().startswith(str(hub_home))

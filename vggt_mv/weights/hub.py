@@ -20,7 +20,8 @@ from typing import Any, Callable
 log = logging.getLogger("vggt_mv.weights")
 
 __all__ = ["HubFile", "SHORT_NAMES", "parse_weights_ref", "resolve_weights", "implied_preset",
-           "hub_cache_dir", "hub_offline", "human_size", "weights_table"]
+           "hub_cache_dir", "hub_offline", "human_size", "weights_table", "describe_weights",
+           "weights_choices"]
 
 
 @dataclass(frozen=True)
@@ -191,24 +192,63 @@ def implied_preset(checkpoint: str | os.PathLike | None, pi3: str | os.PathLike 
     return None
 
 
+def remote_size(hub: HubFile) -> int | None:
+    """Size of ``hub`` as the Hub reports it (``dry_run``, short timeout), or None when unreachable."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(hub.repo_id, hub.filename, repo_type=hub.repo_type, revision=hub.revision,
+                               cache_dir=str(hub_cache_dir()), dry_run=True, etag_timeout=5).file_size
+    except Exception as e:  # noqa: BLE001 - sizes are informative; the download itself reports errors
+        log.debug("size of %s unknown: %s", hub.uri, e)
+        return None
+
+
 def weights_table(remote: bool | None = None) -> list[dict[str, Any]]:
     """One row per short name: name, uri, size (bytes or None), cached path (or None).
 
     ``remote`` (default: unless HF_HUB_OFFLINE) asks the Hub for sizes of files not in the cache.
     """
-    from huggingface_hub import hf_hub_download
-
     remote = (not hub_offline()) if remote is None else remote
     rows = []
     for name, hub in SHORT_NAMES.items():
         cached = cached_path(hub)
-        size = cached.stat().st_size if cached is not None else None
-        if size is None and remote:
-            try:
-                size = hf_hub_download(hub.repo_id, hub.filename, repo_type=hub.repo_type, revision=hub.revision,
-                                       cache_dir=str(hub_cache_dir()), dry_run=True, etag_timeout=5).file_size
-            except Exception as e:  # noqa: BLE001 - a listing must not fail on the network
-                log.debug("size of %s unknown: %s", hub.uri, e)
+        size = cached.stat().st_size if cached is not None else (remote_size(hub) if remote else None)
         rows.append({"name": name, "uri": hub.uri, "preset": hub.preset, "size": size,
                      "cached": str(cached) if cached else None})
     return rows
+
+
+def describe_weights(ref: str | os.PathLike | None, remote: bool | None = None) -> str:
+    """One line on where ``ref`` would load from: local file, cached Hub file, or a download and its size.
+
+    ``remote`` (default: unless HF_HUB_OFFLINE) asks the Hub for the size of a file not yet cached.
+    Never raises for an unavailable file: the line says so and how to get it.
+    """
+    if not ref:
+        return ""
+    text = os.fspath(ref)
+    try:
+        hub = parse_weights_ref(text)
+    except ValueError as e:
+        return str(e)
+    if hub is None:
+        path = Path(text).expanduser()
+        return f"local file, {human_size(path.stat().st_size)}" if path.is_file() else f"not found: {text}"
+    cached = cached_path(hub)
+    if cached is not None:
+        return f"{hub.uri}: cached ({human_size(cached.stat().st_size)}) in {hub_cache_dir()}"
+    remote = (not hub_offline()) if remote is None else remote
+    if not remote:
+        return f"{hub.uri}: not cached and HF_HUB_OFFLINE=1; fetch it with `{hub.download_command()}`"
+    size = remote_size(hub)
+    if size is None:
+        return f"{hub.uri}: not cached and the Hub did not answer; fetch it with `{hub.download_command()}`"
+    return f"{hub.uri}: will download {human_size(size)} into {hub_cache_dir()} on the first run"
+
+
+def weights_choices(role: str = "checkpoint") -> list[tuple[str, str]]:
+    """``(label, value)`` pairs of the short names for ``role`` ("checkpoint" | "pi3"), no network:
+    labels say "cached" or "downloads on first run"."""
+    names = [n for n in SHORT_NAMES if (n == "pi3") == (role == "pi3")]
+    return [(f"{n} ({'cached' if cached_path(SHORT_NAMES[n]) else 'downloads on first run'})", n) for n in names]
