@@ -140,7 +140,9 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                                              label="checkpoint: a name, hf://OWNER/REPO/FILE or a local .pt / .safetensors")
                     pi3 = gr.Dropdown(weights_choices("pi3"), value=d.pi3 or "", allow_custom_value=True,
                                       label="Pi3 model.safetensors: pi3, hf://... or a local path")
-                    weights_info = gr.Markdown("", elem_id="weights-info")
+                    weights_info = gr.Markdown("  \n".join(  # cache only at start-up; sizes on change
+                        f"{role}: {describe_weights(v, remote=False)}" for role, v in
+                        (("checkpoint", d.checkpoint), ("Pi3", d.pi3)) if v), elem_id="weights-info")
                 with gr.Accordion("frames", open=False):
                     with gr.Row():
                         f_start = gr.Number(d.frame_start, label="start", precision=0, minimum=0)
