@@ -31,10 +31,11 @@ from vggt_mv.export.html_budget import (
 )
 from vggt_mv.export.viser_scene import (
     CAM_RGB, ROOT_WXYZ, frustum_fov_aspect, frustum_pose, initial_camera, temporary_server, tint_mask,
+    viser_client_path,
 )
 from vggt_mv.inference.reconstruction import Reconstruction
 
-__all__ = ["export_html", "ShareResult", "viser_client_html", "MARKER", "SHARE_MANIFEST"]
+__all__ = ["export_html", "ShareResult", "MARKER", "SHARE_MANIFEST"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,6 @@ class ShareResult:
     bytes: int
     plan: SizePlan
     attempts: int
-
-
-def viser_client_html() -> Path:
-    """The single-file viser client shipped in the installed viser wheel."""
-    import viser
-
-    path = Path(viser.__file__).parent / "client" / "build" / "index.html"
-    if not path.is_file():
-        raise FileNotFoundError(f"viser client build not found at {path} (reinstall viser)")
-    return path
 
 
 def _tree_bytes(out: Path) -> int:
@@ -207,7 +198,7 @@ def _payload(scene: _Scene, plan: SizePlan, fmt: str, fps: float, point_size: fl
                            "timesteps": rec.num_timesteps, "views": rec.num_views, "fps": fps,
                            "color_by": scene.color_by, "conf_percentile": conf_percentile}, indent=1)
     files: dict[str, str | bytes] = {
-        "scene.viser": serializer.serialize(), "viewer/index.html": viser_client_html().read_bytes(),
+        "scene.viser": serializer.serialize(), "viewer/index.html": viser_client_path().read_bytes(),
         "README.md": _readme(name), SHARE_MANIFEST: manifest}
     return files, sum(len(c if isinstance(c, bytes) else c.encode("utf-8")) for c in files.values())
 
@@ -274,7 +265,7 @@ def export_html(
         raise ValueError(f"the result has no valid points after the confidence filter "
                          f"(--conf-percentile {conf_percentile}); lower --conf-percentile")
 
-    client_bytes = viser_client_html().stat().st_size
+    client_bytes = viser_client_path().stat().st_size
     num_images = rec.num_timesteps * rec.num_views if show_cameras else 0
     step = max(1, (rec.num_timesteps * rec.num_views) // 6)
     samples = [scene.image(i // rec.num_views, i % rec.num_views)

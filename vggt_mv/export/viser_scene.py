@@ -14,6 +14,7 @@ import io
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from vggt_mv.inference.reconstruction import Reconstruction
 __all__ = [
     "GHOST_RGB", "GT_RGB", "CAM_RGB", "UP_AXES", "ROOT_WXYZ", "frustum_fov_aspect", "wxyz_from_matrix",
     "frustum_pose", "tint_mask", "thumb", "cloud_for", "frustum_mesh", "initial_camera", "free_port",
-    "temporary_server",
+    "temporary_server", "viser_client_path",
 ]
 
 GHOST_RGB = (255, 140, 0)
@@ -157,3 +158,13 @@ def temporary_server(host: str = "127.0.0.1") -> Iterator[Any]:
         except Exception as exc:  # noqa: BLE001 - stopping must never mask the real error
             log.debug("stopping the temporary viser server failed: %s", exc)
         log.debug("temporary viser server: %s", banner.getvalue().strip())
+
+
+def viser_client_path() -> Path:
+    """The single-file viser web client shipped in the installed viser wheel (``client/build``)."""
+    import viser
+
+    path = Path(viser.__file__).parent / "client" / "build" / "index.html"
+    if not path.is_file():
+        raise FileNotFoundError(f"viser client build not found at {path} (reinstall viser)")
+    return path
