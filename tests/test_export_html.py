@@ -127,6 +127,29 @@ def test_select_points_drops_the_least_confident_first_then_uniformly():
     assert len(select_points(conf, 1.0, seed=0)) == 1000
 
 
+def test_tight_budget_downsizes_frustum_images_to_a_quarter_of_it():
+    imgs = list(np.random.default_rng(0).integers(0, 256, (4, 189, 252, 3), dtype=np.uint8))
+    counts = np.full(24, 20_000)
+    roomy = plan_size(counts, imgs, 96, 256, 60_000_000, 900_000, True, 100)
+    assert roomy.image_side == 256 and roomy.point_factor == 1.0
+    tight = plan_size(counts, imgs, 96, 256, 3_000_000, 900_000, True, 100)
+    assert 32 <= tight.image_side < 256 and tight.point_factor < 1.0
+    assert tight.estimated_bytes <= tight.budget_bytes
+    assert "points subsampled x" in tight.describe() and f"{tight.image_side}px" in tight.describe()
+
+
+def test_recording_server_is_temporary():
+    import socket
+
+    from vggt_mv.export.viser_scene import temporary_server
+
+    with temporary_server() as server:
+        port = server.get_port()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
 def test_estimate_is_recalibrated_when_the_file_comes_out_over(rec, tmp_path, monkeypatch, caplog):
     """The serializer is single use: an estimate that undershoots makes the exporter rebuild smaller."""
     monkeypatch.setattr("vggt_mv.export.html_budget.BYTES_PER_POINT", 1)  # a 9x underestimate

@@ -266,6 +266,7 @@ def export_html(
                          f"(--conf-percentile {conf_percentile}); lower --conf-percentile")
 
     client_bytes = viser_client_path().stat().st_size
+    image_size = min(int(image_size), max(rec.image_size))
     num_images = rec.num_timesteps * rec.num_views if show_cameras else 0
     step = max(1, (rec.num_timesteps * rec.num_views) // 6)
     samples = [scene.image(i // rec.num_views, i % rec.num_views)

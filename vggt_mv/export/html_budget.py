@@ -114,7 +114,7 @@ def plan_size(counts_per_t: np.ndarray, sample_images: list[np.ndarray], num_ima
     while side > MIN_IMAGE_SIDE and img * num_images > IMAGE_SHARE * payload:
         side = max(MIN_IMAGE_SIDE, side // 2)
         img = compression * jpeg_bytes(sample_images, side)
-    point_room = payload - img * num_images
+    point_room = payload - img * num_images - per_point * len(counts)  # ceil: one more point a timestep
     factor = min(1.0, point_room / (per_point * total)) if total else 1.0
     if factor < MIN_POINT_FACTOR:
         lowest = estimate(_kept(counts, MIN_POINT_FACTOR), img)
