@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-mb", type=float, default=60.0, metavar="MB",
                    help="size budget of the output in MB (10^6 bytes; default 60)")
     p.add_argument("--image-size", type=int, default=256, metavar="PX",
-                   help="longer side of the frustum images at most (default 256; smaller under --max-mb)")
+                   help="longer side of the frustum images at most (default 256; smaller under --max-mb; 0: no images)")
     p.add_argument("--no-cameras", dest="show_cameras", action="store_false",
                    help="leave out the camera frustums and their images")
     p.set_defaults(func=run_export_html)
