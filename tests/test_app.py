@@ -268,9 +268,6 @@ def test_show_for_notebooks(rec):
 def test_offline_html_button_keeps_the_viewers_look(session, rec, tmp_path):
     """The Export tab's "Offline HTML": the file plays the session's result with the viewer's up
     axis, point size and fps and the page's colouring; without a result it says so."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from share_helpers import by_type, decode_recording, embedded_recording
     from vggt_mv.export.viser_scene import ROOT_WXYZ
     from vggt_mv_app.ui import share_html
