@@ -257,3 +257,18 @@ def test_24_timesteps_by_4_views_at_252px_fit_the_default_budget_and_8_mb(tmp_pa
     print(f"\n24x4 @ {big.image_size[1]}x{big.image_size[0]}: default budget {default.bytes / 1e6:.1f} MB "
           f"(point factor {default.plan.point_factor:.3f}, {default.plan.points:,} points); "
           f"--max-mb 8: {res_bytes / 1e6:.2f} MB, factor {factor:.3f}")
+
+
+def test_targets_are_checked_before_anything_is_recorded(rec, tmp_path, monkeypatch):
+    monkeypatch.setattr(share, "_record", lambda *a, **k: pytest.fail("recorded before checking the target"))
+    foreign = tmp_path / "page.html"
+    foreign.write_text("<html>someone's page</html>")
+    with pytest.raises(ValueError, match="not written by vggt-mv export-html"):
+        share.export_html(rec, foreign)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="is the current folder"):
+        share.export_html(rec, tmp_path, format="viser")
+    with pytest.raises(ValueError, match="is the current folder"):
+        share.export_html(rec, tmp_path.parent, format="viser")
+    assert foreign.read_text() == "<html>someone's page</html>"
+    assert share.is_shared_html(foreign) is False and share.is_share_dir(tmp_path) is False

@@ -35,7 +35,7 @@ from vggt_mv.export.viser_scene import (
 )
 from vggt_mv.inference.reconstruction import Reconstruction
 
-__all__ = ["export_html", "ShareResult", "MARKER", "SHARE_MANIFEST"]
+__all__ = ["export_html", "ShareResult", "MARKER", "SHARE_MANIFEST", "is_shared_html", "is_share_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -61,43 +61,61 @@ def _tree_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
 
 
-def _write_output(out: Path, payload: str | dict[str, str | bytes]) -> None:
-    """Write the export atomically (temp + rename): one HTML (``payload`` a string) or a folder
-    (``payload`` = relative path -> content). An existing target is replaced only when this
-    exporter wrote it (HTML marker / ``SHARE_MANIFEST``); anything else raises ``ValueError``."""
-    if isinstance(payload, str):
+def is_shared_html(path: Path) -> bool:
+    """An HTML file written by this exporter (``MARKER`` in its first 4 KB)."""
+    try:
+        with open(path, "rb") as handle:
+            return path.is_file() and MARKER.encode() in handle.read(4096)
+    except OSError:
+        return False
+
+
+def is_share_dir(path: Path) -> bool:
+    """A ``format="viser"`` folder written by this exporter (its ``SHARE_MANIFEST``)."""
+    try:
+        with open(path / SHARE_MANIFEST, encoding="utf-8") as handle:
+            return json.load(handle).get("format") == "vggt-mv-share"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
+    """The output rule (DESIGN §12), checked before any recording: never the current folder, an
+    input or a folder holding one; an existing target only when this exporter wrote it."""
+    target, cwd = out.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it; choose a new path")
+    for inp in inputs:
+        src = inp.resolve()
+        if target == src or target in src.parents:
+            raise ValueError(f"--out {out} is the input {inp} or contains it; choose another path")
+    if fmt == "html":
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; give an .html file path")
-        if out.exists():
-            with open(out, "rb") as handle:
-                head = handle.read(4096)
-            if MARKER.encode() not in head:
-                raise ValueError(f"--out {out} exists and was not written by vggt-mv export-html; "
-                                 "remove it or choose another path")
+        if out.exists() and not is_shared_html(out):
+            raise ValueError(f"--out {out} exists and was not written by vggt-mv export-html; "
+                             "remove it or choose another path")
+    else:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; --format viser writes a folder")
+        if out.is_dir() and any(out.iterdir()) and not is_share_dir(out):
+            raise ValueError(f"--out {out} is a non-empty folder not written by vggt-mv export-html; "
+                             "remove it or choose another path")
+
+
+def _write_output(out: Path, payload: str | dict[str, str | bytes], inputs: list[Path]) -> None:
+    """Write the export atomically (temp + rename) after re-checking the target: one HTML
+    (``payload`` a string) or a folder (``payload`` = relative path -> content)."""
+    _check_target(out, "html" if isinstance(payload, str) else "viser", inputs)
+    if isinstance(payload, str):
         with atomic_file(out, "w") as handle:
             handle.write(payload)
         return
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; --format viser writes a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SHARE_MANIFEST).is_file():
-        raise ValueError(f"--out {out} is a non-empty folder not written by vggt-mv export-html; "
-                         "remove it or choose another path")
     with atomic_dir(out) as tmp:
         for rel, content in payload.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-
-
-def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
-    """Refuse targets that are the working folder, an input or a parent of an input (§12)."""
-    target = out.resolve()
-    if fmt == "viser" and target == Path.cwd().resolve():
-        raise ValueError(f"--out {out} is the current folder; give a new folder for the viser export")
-    for inp in inputs:
-        src = inp.resolve()
-        if target == src or target in src.parents:
-            raise ValueError(f"--out {out} is the input {inp} or contains it; choose another path")
 
 
 class _Scene:
@@ -296,7 +314,7 @@ def export_html(
         raise ValueError(f"the export is {size / MB:.1f} MB, over --max-mb {max_mb:g} after "
                          f"{_MAX_ATTEMPTS} tries; raise --max-mb or --conf-percentile")
     plan, payload, size = best
-    _write_output(out, payload)
+    _write_output(out, payload, list(inputs or []))
     written = _tree_bytes(out)
     log.info("export-html: wrote %s (%.1f MB of %.1f MB; %s; %d timesteps x %d views)", out, written / MB,
              budget / MB, "all points" if plan.point_factor >= 1.0 else
