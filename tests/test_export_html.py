@@ -192,7 +192,7 @@ def test_cli_writes_refuses_foreign_targets_and_replaces_its_own(result_dir, tmp
     foreign.write_text("<html>my notes</html>")
     assert cli_main(["export-html", str(result_dir), "--out", str(foreign)]) == 2
     err = capsys.readouterr().err
-    assert "vggt-mv export-html: error: --out" in err and "not written by vggt-mv export-html" in err
+    assert "vggt-mv export-html: error: --out" in err and "was not written by vggt-mv" in err
     assert foreign.read_text() == "<html>my notes</html>"
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -200,7 +200,7 @@ def test_cli_writes_refuses_foreign_targets_and_replaces_its_own(result_dir, tmp
     assert cli_main(["export-html", str(result_dir), "--format", "viser", "--out", str(folder)]) == 2
     assert (folder / "keep.txt").read_text() == "x" and len(list(folder.iterdir())) == 1
     assert cli_main(["export-html", str(result_dir), "--format", "viser", "--out", str(result_dir)]) == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "is an input" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -263,12 +263,12 @@ def test_targets_are_checked_before_anything_is_recorded(rec, tmp_path, monkeypa
     monkeypatch.setattr(share, "_record", lambda *a, **k: pytest.fail("recorded before checking the target"))
     foreign = tmp_path / "page.html"
     foreign.write_text("<html>someone's page</html>")
-    with pytest.raises(ValueError, match="not written by vggt-mv export-html"):
+    with pytest.raises(ValueError, match="was not written by vggt-mv"):
         share.export_html(rec, foreign)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="is the current folder"):
+    with pytest.raises(ValueError, match="is the current directory"):
         share.export_html(rec, tmp_path, format="viser")
-    with pytest.raises(ValueError, match="is the current folder"):
+    with pytest.raises(ValueError, match="is an ancestor of the current directory"):
         share.export_html(rec, tmp_path.parent, format="viser")
     assert foreign.read_text() == "<html>someone's page</html>"
     assert share.is_shared_html(foreign) is False and share.is_share_dir(tmp_path) is False

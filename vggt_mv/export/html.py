@@ -84,11 +84,13 @@ def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
     input or a folder holding one; an existing target only when this exporter wrote it."""
     target, cwd = out.resolve(), Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
-        raise ValueError(f"--out {out} is the current folder or holds it; choose a new path")
+        where = "the current directory" if target == cwd else "an ancestor of the current directory"
+        raise ValueError(f"--out {out} is {where}; choose a new path")
     for inp in inputs:
         src = inp.resolve()
         if target == src or target in src.parents:
-            raise ValueError(f"--out {out} is the input {inp} or contains it; choose another path")
+            rel = "an input" if target == src else f"a folder holding the input {inp}"
+            raise ValueError(f"--out {out} is {rel}; choose an output path outside the inputs")
     if fmt == "html":
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; give an .html file path")
