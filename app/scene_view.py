@@ -29,72 +29,16 @@ from typing import Any, Callable
 import numpy as np
 
 from vggt_mv.eval.alignment import align_cameras, transform_extrinsic
+from vggt_mv.export.viser_scene import (
+    CAM_RGB, GHOST_RGB, GT_RGB, ROOT_WXYZ as _ROOT_WXYZ, UP_AXES, cloud_for, frustum_fov_aspect,
+    frustum_mesh as _frustum_mesh, frustum_pose, initial_camera, thumb as _thumb, tint_mask,
+)
 from vggt_mv.inference.reconstruction import Reconstruction
 
 __all__ = ["SceneView", "frustum_pose", "frustum_fov_aspect", "cloud_for", "UP_AXES",
            "tint_mask", "GHOST_RGB", "GT_RGB"]
 
-GHOST_RGB = (255, 140, 0)
-GT_RGB = (30, 200, 90)
-CAM_RGB = (40, 90, 230)
-UP_AXES = {"-y (VGGT / OpenCV)": "-y", "+z": "+z"}
-_SQ = np.sqrt(0.5)
-_ROOT_WXYZ = {"-y": (1.0, 0.0, 0.0, 0.0), "+z": (_SQ, -_SQ, 0.0, 0.0)}  # R_x(-90°): -y -> +z
-
-
 log = logging.getLogger("vggt_mv.app")
-
-def frustum_fov_aspect(intrinsic: np.ndarray, height: int, width: int) -> tuple[float, float]:
-    """Vertical fov (radians) from fy and H, and aspect W/H."""
-    fy = float(intrinsic[1, 1])
-    fov = 2.0 * np.arctan2(height / 2.0, fy) if fy > 0 and np.isfinite(fy) else np.radians(60.0)
-    return float(fov), float(width) / float(height)
-
-
-def _wxyz_from_matrix(rot: np.ndarray) -> np.ndarray:
-    import viser.transforms as vtf
-
-    return vtf.SO3.from_matrix(np.asarray(rot, np.float64)).wxyz
-
-
-def frustum_pose(extrinsic: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(wxyz, position)`` of the camera-to-world pose of camera-from-world ``[3,4]``, recentred."""
-    ext = np.asarray(extrinsic, np.float64)
-    r_c2w = ext[:3, :3].T
-    pos = -r_c2w @ ext[:3, 3] - np.asarray(center, np.float64)
-    return _wxyz_from_matrix(r_c2w), pos
-
-
-def tint_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Image ``[H,W,3] uint8`` with the dynamic-mask probability painted red."""
-    if mask is None:
-        return image
-    prob = np.clip(mask, 0, 1)[..., None]
-    red = np.array([255.0, 40.0, 40.0])
-    return np.clip(image * (1.0 - 0.6 * prob) + red * 0.6 * prob, 0, 255).astype(np.uint8)
-
-
-def _thumb(image: np.ndarray, max_side: int = 96) -> np.ndarray:
-    h, w = image.shape[:2]
-    step = max(1, int(np.ceil(max(h, w) / max_side)))
-    return np.ascontiguousarray(image[::step, ::step])
-
-
-def cloud_for(rec: Reconstruction, keep: np.ndarray, t: int, v: int, source: str, color_by: str,
-              center: np.ndarray, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Recentred points / colours of view ``v`` at timestep ``t`` (``keep`` = [T,V,H,W] filter)."""
-    sel = np.zeros(keep.shape[2:], bool)
-    sel[...] = keep[t, v]
-    pts = (rec.points_from_depth() if source == "depth" else rec.world_points)[t, v][sel]
-    if color_by == "mask" and rec.dynamic_mask is not None:
-        col = tint_mask(rec.images[t, v], rec.dynamic_mask[t, v])[sel]
-    else:
-        col = rec.images[t, v][sel]
-    if max_points is not None and len(pts) > max_points:
-        idx = np.random.default_rng(t * 1009 + v).choice(len(pts), max_points, replace=False)
-        idx.sort()
-        pts, col = pts[idx], col[idx]
-    return (pts - center).astype(np.float32), np.ascontiguousarray(col, dtype=np.uint8)
 
 
 class SceneView:
@@ -353,17 +297,10 @@ class SceneView:
         rec = self.rec
         if rec is None:
             return
-        ext = rec.extrinsic[0, 0].astype(np.float64)
-        r_c2w = ext[:3, :3].T
-        cam = -r_c2w @ ext[:3, 3] - self.center
-        fwd, down = r_c2w[:, 2], r_c2w[:, 1]
-        pos = cam - 0.25 * self.scale * fwd - 0.12 * self.scale * down
-        rot = np.eye(3) if self.options["up"] == "-y" else np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0.0]])
+        pos, look_at, up = initial_camera(rec.extrinsic[0, 0], self.center, self.scale, self.options["up"])
         try:
             ic = self.target.initial_camera
-            ic.position = tuple(float(x) for x in rot @ pos)
-            ic.look_at = (0.0, 0.0, 0.0)
-            ic.up = (0.0, -1.0, 0.0) if self.options["up"] == "-y" else (0.0, 0.0, 1.0)
+            ic.position, ic.look_at, ic.up = pos, look_at, up
         except AttributeError:  # a target without initial_camera (tests)
             log.debug("viewer target has no initial_camera; keeping its default view")
 
@@ -448,18 +385,3 @@ class SceneView:
                 self.set_views(views)
             box.on_update(guarded(on_view))
 
-
-def _frustum_mesh(ext: np.ndarray, intr: np.ndarray, h: int, w: int, scale: float,
-                  center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pyramid (apex + 4 image corners at depth ``scale``) of a camera, world coords, recentred."""
-    ext = np.asarray(ext, np.float64)
-    k = np.asarray(intr, np.float64)
-    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
-    rays = np.stack([(corners[:, 0] - k[0, 2]) / k[0, 0], (corners[:, 1] - k[1, 2]) / k[1, 1],
-                     np.ones(4)], -1)
-    rays = rays / rays[:, 2:3] * scale
-    cam = np.concatenate([np.zeros((1, 3)), rays])  # [5,3] in camera frame
-    r_c2w = ext[:3, :3].T
-    world = cam @ r_c2w.T + (-r_c2w @ ext[:3, 3]) - center
-    faces = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1], [1, 2, 3], [1, 3, 4]])
-    return world, faces

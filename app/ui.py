@@ -85,7 +85,7 @@ def colorize_depth(depth: np.ndarray) -> np.ndarray:
 
 def gallery_items(rec: Any, t: int) -> tuple[list, list, list]:
     """Per-view ``(image, caption)`` lists for timestep ``t``: images, depth, mask overlay."""
-    from .scene_view import tint_mask
+    from vggt_mv.export.viser_scene import tint_mask
 
     t = int(np.clip(t, 0, rec.num_timesteps - 1))
     imgs, depths, masks = [], [], []
@@ -96,6 +96,34 @@ def gallery_items(rec: Any, t: int) -> tuple[list, list, list]:
             masks.append((tint_mask(rec.images[t, v], rec.dynamic_mask[t, v]),
                           f"{name} dynamic {100 * float((rec.dynamic_mask[t, v] >= 0.5).mean()):.0f}%"))
     return imgs, depths, masks
+
+
+def share_html(sess: Any, color_by: str, conf_percentile: float | None,
+               out_dir: Path | None = None) -> tuple[str | None, str]:
+    """The "Offline HTML" export of a session's result with the viewer's current look (colouring,
+    confidence filter, up axis, point size, fps): ``(path or None, message)``."""
+    if sess is None or sess.rec is None:
+        return None, "Run a reconstruction first."
+    from vggt_mv.export.html import export_html
+
+    opts = dict(color_by=color_by, conf_percentile=float(conf_percentile) if conf_percentile else None)
+    view = getattr(sess, "view", None)
+    if view is not None and view.rec is sess.rec:
+        opts.update(up=view.options["up"], fps=float(view.options["fps"]),
+                    point_size=float(view.options["point_size"]) / max(view.scale, 1e-12))
+    out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_share_"))
+    try:
+        res = export_html(sess.rec, out_dir / "vggt_mv_scene.html", **opts)
+    except ValueError as exc:
+        return None, f"**Export failed:** {exc}"
+    except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
+        log.error("offline HTML export failed:\n%s", traceback.format_exc())
+        return None, f"**Export failed:** `{type(exc).__name__}: {exc}`"
+    sub = ("" if res.plan.point_factor >= 1 else
+           f", points x{res.plan.point_factor:.2f} per timestep to fit {res.plan.budget_bytes / 1e6:.0f} MB")
+    return str(res.path), (f"Offline HTML `{res.path.name}` ({res.bytes / 1e6:.1f} MB{sub}): opens from disk in "
+                           f"any browser, no server, and plays the timeline. Colouring ({opts['color_by']}), "
+                           "confidence filter and point size are fixed in the file.")
 
 
 def metrics_rows(rec: Any) -> list[list[str]]:
@@ -194,6 +222,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                             b_npz = gr.Button("NPZ")
                             b_ply = gr.Button("PLY (zip, per timestep)")
                             b_glb = gr.Button("GLB")
+                            b_html = gr.Button("Offline HTML", elem_id="html-btn")
                         with gr.Row():
                             rec_mode = gr.Radio(["timeline", "orbit"], value="timeline", label="video")
                             b_rec = gr.Button("Record MP4", elem_id="record-btn")
@@ -349,5 +378,6 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
         b_ply.click(lambda s, c: do_export(s, "ply", c), inputs=[state, conf], outputs=[export_file, export_msg])
         b_rec.click(do_record, inputs=[state, rec_mode, color_by, conf], outputs=[export_file, export_msg])
         b_glb.click(lambda s, c: do_export(s, "glb", c), inputs=[state, conf], outputs=[export_file, export_msg])
+        b_html.click(lambda s, c, p: share_html(s, c, p), inputs=[state, color_by, conf], outputs=[export_file, export_msg])
     demo._vggt_theme, demo._vggt_css = theme, CSS
     return demo

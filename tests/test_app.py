@@ -263,3 +263,25 @@ def test_show_for_notebooks(rec):
     finally:
         view.close()
         view.target.stop()
+
+
+def test_offline_html_button_keeps_the_viewers_look(session, rec, tmp_path):
+    """The Export tab's "Offline HTML": the file plays the session's result with the viewer's up
+    axis, point size and fps and the page's colouring; without a result it says so."""
+    from share_helpers import by_type, decode_recording, embedded_recording
+    from vggt_mv.export.viser_scene import ROOT_WXYZ
+    from vggt_mv_app.ui import share_html
+
+    assert share_html(session, "image", 20) == (None, "Run a reconstruction first.")
+    session.set_result(rec, {})
+    session.view.set_up_axis("+z")
+    session.view.set_point_size(0.02 * session.view.scale)
+    session.view.options["fps"] = 5.0
+    path, msg = share_html(session, "mask", 20, out_dir=tmp_path)
+    assert path == str(tmp_path / "vggt_mv_scene.html") and "opens from disk" in msg and "fixed" in msg
+    recording = decode_recording(embedded_recording(Path(path).read_text(encoding="utf-8")))
+    assert recording["duration"] == pytest.approx(rec.num_timesteps / 5.0)
+    rot = [m for _, m in by_type(recording, "SetOrientationMessage") if m["name"] == "/world"]
+    assert np.allclose(rot[-1]["wxyz"], ROOT_WXYZ["+z"])
+    sizes = {m["props"]["point_size"] for _, m in by_type(recording, "PointCloudMessage")}
+    assert sizes and all(s == pytest.approx(0.02 * session.view.scale, rel=1e-5) for s in sizes)

@@ -13,7 +13,7 @@ from conftest import REPO
 NOTEBOOKS = {
     "01_quickstart.ipynb": [
         "weights:", "window t=0..3", "viser scene on port", "abs_rel", "scorecard (model vs baselines)",
-        "saved:", "depth identical: True", "timeline.mp4", "viser server stopped",
+        "saved:", "depth identical: True", "timeline.mp4", "offline html: scene.html", "viser server stopped",
     ],
     "02_dual_stream.ipynb": [
         "weights:", "cache hits 2/2 windows", "encoder skipped: True", "cam ctr max", "pts dyn",

@@ -13,6 +13,7 @@ COMMANDS = (
     "vggt_mv.inference.cli",  # reconstruct
     "vggt_mv.weights.cli",  # weights inspect / merge
     "vggt_mv.export.video_cli",  # record
+    "vggt_mv.export.html_cli",  # export-html
     "vggt_mv.train.cli",  # train
 )
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 from typing import IO, ContextManager
 
-from vggt_mv.export.output import output_dir as atomic_dir
 from vggt_mv.export.output import output_file
 
-__all__ = ["atomic_file", "atomic_dir"]
+__all__ = ["atomic_file"]
 
 
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> ContextManager[IO]:

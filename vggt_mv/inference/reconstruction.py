@@ -404,3 +404,13 @@ class Reconstruction:
         from vggt_mv.export.bundle import read_reconstruction
 
         return cls(**read_reconstruction(out_dir))
+
+    def to_html(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Share as one offline HTML player (or ``format="viser"``: a folder for static hosting).
+
+        See ``vggt_mv.export.html.export_html`` for ``options`` (``color_by``, ``fps``,
+        ``conf_percentile``, ``max_mb``, ...). Returns the written path.
+        """
+        from vggt_mv.export.html import export_html
+
+        return export_html(self, path, **options).path
