@@ -177,7 +177,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vggt_mv.inference.device import select_device
     from vggt_mv.inference.pipeline import reconstruct
     from vggt_mv.inference.windows import plan_windows
-    from vggt_mv.weights.hub import resolve_weights
+    from vggt_mv.weights.hub import implied_preset, resolve_weights
     from vggt_mv.weights.loader import partial_weights_note
 
     _check_options(args)
@@ -196,9 +196,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         plan_windows(num_t, args.window, args.overlap)
     except ValueError as e:
         raise ValueError(f"--window {args.window} / --overlap {args.overlap} with {num_t} timesteps: {e}") from None
-    checkpoint = resolve_weights(args.checkpoint, "--checkpoint")  # a Hub name downloads here, once validated
+    # the config is checked before a Hub name downloads, unless it comes from that file's header
+    from_file = args.checkpoint and not (args.config or args.preset or implied_preset(args.checkpoint, args.pi3))
+    cfg = None if from_file else _build_config(args)
+    checkpoint = resolve_weights(args.checkpoint, "--checkpoint")
     pi3 = resolve_weights(args.pi3, "--pi3")
-    cfg = _build_config(args, checkpoint)
+    cfg = cfg or _build_config(args, checkpoint)
     t0 = time.perf_counter()
     model = _load_model(cfg, args, str(device), checkpoint, pi3)
     scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
