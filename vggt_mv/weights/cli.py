@@ -36,12 +36,13 @@ def _config(args) -> ModelConfig:
 
 def _inspect(args) -> int:
     from vggt_mv.weights.formats import open_checkpoint
-    from vggt_mv.weights.loader import plan_files, required_modules
+    from vggt_mv.weights.loader import fit_config, plan_files, required_modules
 
     cfg = _config(args)
     ck = open_checkpoint(args.checkpoint, expect="vggt") if args.checkpoint else None
     pi = open_checkpoint(args.pi3, expect="pi3", role="pi3") if args.pi3 else None
-    _, report, _ = plan_files(cfg, ck, pi, args.recipe)
+    cfg, choices = fit_config(cfg, ck)
+    _, report, _ = plan_files(cfg, ck, pi, args.recipe, choices)
     print(report.to_json() if args.json else report.to_table())
     missing = report.modules_without_weights(required_modules(cfg))
     if missing:

@@ -57,6 +57,16 @@ class LoadReport:
     mask_variant: str | None = None
     recipe: str = "seed"
     provenance: dict[str, str] = field(default_factory=dict)  # target key -> "source:key"
+    # what the config fitting chose (vggt_mv.weights.autoconfig) and why
+    mask_head: str | None = None
+    mask_head_reason: str = ""
+    track_head: bool | None = None
+    track_head_reason: str = ""
+
+    def set_choices(self, choices) -> None:
+        """Record a ``ConfigChoices`` (mask-head variant, track head, reasons)."""
+        self.mask_head, self.mask_head_reason = choices.mask_head, choices.mask_reason
+        self.track_head, self.track_head_reason = choices.track_head, choices.track_reason
 
     @classmethod
     def from_plan(cls, plan: Plan, target: dict[str, Shape], sources: dict[str, dict[str, Shape]],
@@ -98,8 +108,10 @@ class LoadReport:
         return t["used"] / expected if expected else 1.0
 
     def modules_without_weights(self, required: list[str]) -> list[str]:
+        """Required modules that got no tensor from any file (modules initialised as new modules are exempt)."""
         loaded = {r.module for r in self.rows if r.source != "init"}
-        return [m for m in required if m not in loaded]
+        new = {module_of(k)[0] for k, why in self.left_at_init.items() if why.startswith("new module")}
+        return [m for m in required if m not in loaded and m not in new]
 
     def count(self, module: str, source: str) -> int:
         return sum(r.tensors for r in self.rows if r.module == module and r.source == source)
@@ -111,6 +123,8 @@ class LoadReport:
                 "recipe": self.recipe,
                 "files": self.files,
                 "mask_variant": self.mask_variant,
+                "mask_head": {"variant": self.mask_head, "reason": self.mask_head_reason},
+                "track_head": {"enabled": self.track_head, "reason": self.track_head_reason},
                 "modules": [r.__dict__ for r in self.rows],
                 "sources": {k: {**v, "fraction_loaded": round(self.fraction_loaded(k), 6)} for k, v in self.source_totals.items()},
                 "skipped": self.skipped,
@@ -124,6 +138,10 @@ class LoadReport:
         lines += [f"{k}: {v}" for k, v in self.files.items()]
         if self.mask_variant:
             lines.append(f"mask head variant in checkpoint: {self.mask_variant}")
+        if self.mask_head_reason:
+            lines.append(f"mask head used: {self.mask_head or 'none'} ({self.mask_head_reason})")
+        if self.track_head_reason:
+            lines.append(f"track head: {'on' if self.track_head else 'off'} ({self.track_head_reason})")
         w = max([len(r.module) for r in self.rows] + [6])
         lines.append(f"{'module':<{w}}  {'source':<10}  {'layers':<8}  {'tensors':>7}  {'params':>13}")
         for r in sorted(self.rows, key=lambda r: (r.module, r.source)):
