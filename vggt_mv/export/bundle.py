@@ -96,6 +96,9 @@ def save_reconstruction(
                   ("images", "depth", "depth_conf", "world_points", "world_points_conf", "extrinsic", "intrinsic")}
         if rec.dynamic_mask is not None:
             arrays["dynamic_mask"] = rec.dynamic_mask
+        for name in TRACK_FIELDS:  # optional point tracks (query points)
+            if getattr(rec, name, None) is not None:
+                arrays[name] = getattr(rec, name)
         gt_extra: dict[str, Any] = {}
         for key, value in (rec.gt or {}).items():
             if isinstance(value, np.ndarray) and value.dtype != object:
@@ -151,6 +154,10 @@ def save_reconstruction(
     return out_dir
 
 
+#: optional arrays of point tracks, saved when present
+TRACK_FIELDS = ("tracks", "track_vis", "track_conf", "query_points")
+
+
 def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
     """Load an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``."""
     from vggt_mv.inference.reconstruction import Reconstruction
@@ -179,4 +186,5 @@ def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
         extrinsic=arrays["extrinsic"], intrinsic=arrays["intrinsic"],
         dynamic_mask=arrays.get("dynamic_mask"), view_names=view_names,
         meta=manifest.get("meta", {}), gt=gt if has_gt else None,
+        **{name: arrays.get(name) for name in TRACK_FIELDS},  # absent in older results
     )

@@ -59,6 +59,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sparse Global-SA strategy (default: the preset's)")
     p.add_argument("--conf-landmarks", action="store_true",
                    help="landmark strategy: rank anchors by a first pass's confidence")
+    p.add_argument("--time-bias", type=float, default=None, metavar="S",
+                   help="Time-SA relative-time bias -S*(dt)^2 on the logits (0 = none; default: the config's)")
+    p.add_argument("--epipolar", choices=["off", "gt", "previous"], default="off",
+                   help="epipolar prior on View-SA (factorized layout): cameras from the scene's ground truth "
+                        "or from a previous run (--epipolar-from); penalty -strength*(d/band)^2")
+    p.add_argument("--epipolar-from", metavar="DIR", help="--epipolar previous: a previous output folder of this scene")
+    p.add_argument("--epipolar-strength", type=float, default=1.0, help="epipolar penalty strength (logits)")
+    p.add_argument("--epipolar-band", type=float, default=28.0, help="epipolar band in model-input pixels")
+    p.add_argument("--query-points", metavar="FILE", help=".npy [N,2] pixel (x, y) in the reference image (t=0, "
+                   "first view) or MVTracker [N,4] (t, x, y, z) world points (projected with the GT cameras); "
+                   "needs a track head; tracks are stored in the result")
+    p.add_argument("--query-space", choices=["model", "original"], default="model",
+                   help="[N,2] query pixels are in the model-input image (default, after preprocessing) or in "
+                        "the original reference frame (mapped through its resize/crop)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="autocast dtype on CUDA: auto (bf16), bf16, fp16, fp32")
     p.add_argument("--out", default="reconstruction", help="output folder (replaced if it exists)")
@@ -78,6 +92,8 @@ def _build_config(args: argparse.Namespace):
         cfg = ModelConfig.preset(preset)
     if args.sparse is not None:
         cfg.sparse.strategy = args.sparse
+    if getattr(args, "time_bias", None) is not None:
+        cfg.time_bias.strength = float(args.time_bias)
     return cfg.validate()
 
 
@@ -119,6 +135,19 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
              ", ".join(scene.view_names))
     cfg = _build_config(args)
+    from vggt_mv.inference.priors import epipolar_cameras, load_query_points
+
+    query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
+    previous = None
+    if args.epipolar == "previous":
+        if not args.epipolar_from:
+            raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")
+        from vggt_mv.inference.reconstruction import Reconstruction
+
+        previous = Reconstruction.load(args.epipolar_from)
+    layout = args.layout or cfg.layout
+    epipolar = epipolar_cameras(args.epipolar, scene, previous, layout=layout if scene.V > 1 else "flat",
+                                strength=args.epipolar_strength, band=args.epipolar_band)
     model = _load_model(cfg, args, str(device))
     lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
     if any(v is not None for v in lambdas.values()):
@@ -137,7 +166,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     try:
         rec = reconstruct(scene, model, window=args.window, overlap=args.overlap, layout=args.layout,
-                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks)
+                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks,
+                          query_points=query_points, epipolar=epipolar)
     finally:
         if bar is not None:
             bar.close()
