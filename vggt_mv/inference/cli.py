@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", nargs="+", metavar="DIR", help="external dynamic-mask folders (one per camera, "
                    "or one folder holding a subfolder per camera); default: auto-detect")
     p.add_argument("--no-masks", action="store_true", help="ignore external masks even if present")
-    p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, "
+    p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, vggt_mv_fin10, "
                    "vggt_mv, tiny (default: vggt_mv with --pi3, vggt with --checkpoint, else tiny)")
     p.add_argument("--config", help="a model_config.json instead of a preset")
     p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors (local path)")
