@@ -183,7 +183,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 with gr.Tabs():
                     with gr.Tab("Views"):
                         t_gallery = gr.Slider(0, 1, 0, step=1, label="timestep")
-                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img")
+                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img",
+                                           format="png")  # lossless: thin track lines stay exact
                         g_depth = gr.Gallery(label="depth", columns=4, height=170)
                         g_mask = gr.Gallery(label="dynamic mask", columns=4, height=170)
                     with gr.Tab("Metrics"):

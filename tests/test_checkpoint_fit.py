@@ -183,3 +183,35 @@ def test_time_and_view_block_keys_load_as_frame_and_global_blocks(tmp_path):
     key = "aggregator.global_blocks.3.attn.qkv.weight"
     assert torch.equal(model.state_dict()[key], src.state_dict()[key])
     assert report.provenance[key] == "checkpoint:aggregator.view_blocks.3.attn.qkv.weight"
+
+
+# ---------------------------------------------------------------- real files into the tiny preset
+def test_tiny_preset_follows_real_checkpoint_files(tmp_path, capsys):
+    from vggt_mv.cli import main as cli_main
+    from vggt_mv.model.vggt_mv import VGGTMV
+    from vggt_mv.weights import save_merged
+
+    torch.manual_seed(0)
+    src_cfg = ModelConfig.preset("tiny").replace(mask={"head": "fin10"}, enable_track=True)
+    src = VGGTMV(src_cfg)
+    with torch.no_grad():
+        src.aggregator.spatial_mask_head.alpha_logit.fill_(0.3)
+    path = save_merged(src, tmp_path / "fin10_track.safetensors")
+    model, report = load_model("tiny", checkpoint=path)  # the preset says page4d head, no track head
+    assert model.config.mask.head == "fin10" and model.config.enable_track and model.track_head is not None
+    assert report.fraction_loaded("checkpoint") == 1.0 and not report.left_at_init
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert cli_main(["weights", "inspect", "--checkpoint", str(path), "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "mask head used: fin10" in out and "track head: on" in out
+
+    # a checkpoint without a mask head (VGGT-style): a fresh head, reported as a new module
+    no_mask = {k: v for k, v in src.state_dict().items() if not k.startswith(MASK)}
+    torch.save(no_mask, tmp_path / "vggt_style.pt")
+    model, report = load_model("tiny", checkpoint=tmp_path / "vggt_style.pt")
+    assert model.config.mask.head == "page4d"  # the preset's head, initialised fresh
+    assert {k for k, why in report.left_at_init.items() if why.startswith("new module (the checkpoint has no mask")} \
+        == {k for k in model.state_dict() if k.startswith(MASK)}
+    assert report.modules_without_weights(required_modules(model.config)) == []
+    assert cli_main(["weights", "inspect", "--checkpoint", str(tmp_path / "vggt_style.pt"), "--preset", "tiny"]) == 0
