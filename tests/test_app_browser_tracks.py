@@ -90,6 +90,9 @@ def test_tracks_are_drawn_in_the_page(app_url, tmp_path):
             browser.close()
     assert img.shape[:2] == (84, 112), img.shape
     colors = track_colors(len(QUERIES))
-    for q, col in zip(QUERIES, colors):  # a dot in the track's colour on each query point (view 0, t=0)
+    for q, col in zip(QUERIES, colors):  # the track's dot (filled) or ring (not visible) around each query
         x, y = np.rint(q).astype(int)
-        assert np.abs(img[y, x].astype(int) - col).max() <= 8, (q, img[y, x], col)
+        patch = img[y - 3:y + 4, x - 3:x + 4].reshape(-1, 3).astype(int)
+        assert (np.abs(patch - col).max(-1) <= 8).sum() >= 4, (q, col)
+    far = img[5:15, 100:110].reshape(-1, 3).astype(int)  # away from every track: no track colour
+    assert not any((np.abs(far - c).max(-1) <= 8).any() for c in colors)

@@ -71,7 +71,9 @@ def test_app_run_with_query_points_epipolar_and_time_bias(session, inputs):
     # per-view images: the tracks are drawn (the query pixel of view 0 at t=0 has the track's colour)
     imgs, _, _ = gallery_items(rec, 0)
     x, y = np.rint(QUERIES[1]).astype(int)
-    assert (imgs[0][0][y, x] == track_colors(3)[1]).all() and "tracks visible" in imgs[0][1]
+    patch = imgs[0][0][y - 3:y + 4, x - 3:x + 4].reshape(-1, 3)
+    assert (patch == track_colors(3)[1]).all(-1).sum() >= 4  # dot (visible) or ring (not visible)
+    assert "tracks visible" in imgs[0][1]
     assert not (imgs[0][0] == rec.images[0, 0]).all()
     # a second run with the previous run's cameras as the epipolar prior
     params.epipolar = "previous"

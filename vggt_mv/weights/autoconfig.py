@@ -33,8 +33,8 @@ class ConfigChoices:
 
 
 def resolve_config(cfg: ModelConfig, checkpoint: dict[str, Shape] | None) -> tuple[ModelConfig, ConfigChoices]:
-    """A copy of ``cfg`` fitted to ``checkpoint`` (key -> shape, or None) and the choices made."""
-    cfg = copy.deepcopy(cfg)
+    """``cfg`` fitted to ``checkpoint`` (key -> shape, or None) and the choices made. A copy when
+    something changes; ``cfg`` itself (unchanged) otherwise."""
     keys = None if checkpoint is None else {canonical_key(k): s for k, s in checkpoint.items()}
     variant = detect_mask_variant(keys) if keys is not None else None
     has_track = keys is not None and any(k.startswith("track_head.") for k in keys)
@@ -57,8 +57,6 @@ def resolve_config(cfg: ModelConfig, checkpoint: dict[str, Shape] | None) -> tup
                     + (f" (config asked for '{cfg.mask.head}')" if variant != cfg.mask.head else ""))
     else:
         mask, mask_why = cfg.mask.head, "config (follow_checkpoint off)"
-    if mask is not None:
-        cfg.mask.head = mask
 
     # track head
     if follow:
@@ -68,5 +66,9 @@ def resolve_config(cfg: ModelConfig, checkpoint: dict[str, Shape] | None) -> tup
     else:
         track = cfg.enable_track
         track_why = "config (no checkpoint given)" if keys is None else "config (follow_checkpoint off)"
-    cfg.enable_track = track
+    if (mask is not None and mask != cfg.mask.head) or track != cfg.enable_track:
+        cfg = copy.deepcopy(cfg)
+        if mask is not None:
+            cfg.mask.head = mask
+        cfg.enable_track = track
     return cfg.validate(), ConfigChoices(mask, mask_why, track, track_why, fresh)
