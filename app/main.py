@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a model_config.json instead of --preset (design-notes names accepted)")
     p.add_argument("--checkpoint", help="VGGT / PAGE-4D checkpoint (.pt / .safetensors), local path")
     p.add_argument("--pi3", help="Pi3 model.safetensors, local path")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="load weights that do not cover the whole model (the banner says 'partial weights')")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--resolution", type=int, default=224, help=f"image width, multiple of 14 ({RESOLUTIONS})")
     p.add_argument("--window", type=int, default=8)
@@ -71,8 +73,9 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
         views = [str(SAMPLE_DIR)]
     return RunParams(views=views, preset=args.preset, checkpoint=args.checkpoint, pi3=args.pi3,
                      device=args.device, resolution=args.resolution, window=args.window,
-                     overlap=args.overlap, strategy=args.sparse, config=args.config, time_bias=args.time_bias,
-                     query_points=args.query_points, epipolar=args.epipolar)
+                     overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
+                     config=args.config, time_bias=args.time_bias, query_points=args.query_points,
+                     epipolar=args.epipolar)
 
 
 def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRegistry, str]:

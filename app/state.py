@@ -88,6 +88,7 @@ class RunParams:
     time_bias: float = 0.0           # Time-SA relative-time bias -s*(dt)^2
     query_points: str | None = None  # .npy [N,2] reference-image pixels or [N,4] (t,x,y,z)
     epipolar: str = "off"            # off | gt (scene's GT cameras) | previous (this tab's last run)
+    allow_partial: bool = False  # load weights that do not cover the model (banner says so)
 
 
 def parse_views(text: str) -> list[str]:
@@ -126,7 +127,7 @@ def resolve_device(device: str) -> str:
 
 
 def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
-              strategy: str, config: str | None = None) -> tuple[Any, str]:
+              strategy: str, allow_partial: bool = False, config: str | None = None) -> tuple[Any, str]:
     """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens).
     ``config``: a model_config.json used instead of ``preset`` (no bundled demo weights then)."""
     from vggt_mv.config import ModelConfig
@@ -137,7 +138,7 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
     bank = strategy == "memory_bank"
     auto = None if (checkpoint or pi3 or config) else demo_weights(preset)
     cfg_id = None if not config else f"{Path(config).resolve()}:{Path(config).stat().st_mtime_ns}"
-    key = (preset, checkpoint, pi3, device, bank, str(auto), cfg_id)
+    key = (preset, checkpoint, pi3, device, bank, str(auto), allow_partial, cfg_id)
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]
@@ -150,9 +151,10 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             cfg.validate()
         ckpt = checkpoint or (str(auto) if auto else None)
         from vggt_mv.weights import load_model
+        from vggt_mv.weights.loader import partial_weights_note
 
         try:
-            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device)
+            model, report = load_model(cfg, checkpoint=ckpt, pi3=pi3, device=device, strict=not allow_partial)
         except ValueError as exc:  # wrong file / role / variant: show it, keep the app running
             raise UserError(str(exc)) from exc
         if ckpt or pi3:
@@ -163,6 +165,9 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             banner = f"random {preset if not config else Path(config).name} weights: geometry is not meaningful"
         if report.mask_head_reason and (ckpt or pi3):
             banner += f" · mask head {report.mask_head or 'none'}, track head {'on' if report.track_head else 'off'}"
+        partial = partial_weights_note(model)
+        if partial:
+            banner = f"{partial.upper()[:1]}{partial[1:]}: " + banner
         if bank:
             banner += " · memory_bank: model rebuilt with fresh (untrained) memory tokens"
         model.eval()
@@ -237,7 +242,8 @@ def attention_diagnostics(params: RunParams) -> list[list[str]]:
 
     scene = load_params_scene(params)
     device = resolve_device(params.device)
-    model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy, params.config)
+    model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
+                         params.allow_partial, params.config)
     if not model.config.mask.enabled:
         raise UserError(f"preset {params.preset} has no dynamic-mask head: nothing to diagnose")
     layout = None if params.layout in ("auto", "", None) else params.layout
@@ -286,7 +292,8 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     if cancel.is_set():
         raise Cancelled()
     report(0.1, "loading model")
-    model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy, params.config)
+    model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
+                              params.allow_partial, params.config)
     notes: list[str] = []
     layout = None if params.layout in ("auto", "", None) else params.layout
     query_points, epipolar = _run_inputs(params, scene, model, layout, previous)

@@ -273,7 +273,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
                 frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1),
                 config=(cfg_v or "").strip() or None, time_bias=float(tb or 0.0),
-                query_points=(qp_v or "").strip() or None, epipolar=epi_v or "off")
+                query_points=(qp_v or "").strip() or None, epipolar=epi_v or "off",
+                allow_partial=d.allow_partial)
 
         def do_estimate(sess, *values):
             try:

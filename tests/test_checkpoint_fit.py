@@ -13,7 +13,6 @@ from test_weights import manifest
 from vggt_mv.config import ALIASES, ModelConfig
 from vggt_mv.weights import build_plan, load_model, model_shapes
 from vggt_mv.weights.autoconfig import resolve_config
-from vggt_mv.weights.loader import required_modules
 from vggt_mv.weights.report import LoadReport
 
 MASK = "aggregator.spatial_mask_head."
@@ -66,8 +65,8 @@ def test_vggt_mv_with_vggt_checkpoint_gets_a_fresh_listed_mask_head():
     assert fresh and set(fresh) == {k for k in target if k.startswith(MASK)}
     assert all(why.startswith("new module") for why in fresh.values())
     assert report.fraction_loaded("checkpoint") == 1.0
-    # a strict load accepts it: no required module is without weights
-    assert report.modules_without_weights(required_modules(cfg)) == []
+    # a strict load accepts it: nothing is missing, nothing unused
+    assert report.missing() == {} and report.strict_problems() is None
     assert "fresh" in report.mask_head_reason
 
 
@@ -213,5 +212,5 @@ def test_tiny_preset_follows_real_checkpoint_files(tmp_path, capsys):
     assert model.config.mask.head == "page4d"  # the preset's head, initialised fresh
     assert {k for k, why in report.left_at_init.items() if why.startswith("new module (the checkpoint has no mask")} \
         == {k for k in model.state_dict() if k.startswith(MASK)}
-    assert report.modules_without_weights(required_modules(model.config)) == []
+    assert report.strict_problems() is None  # strict loading accepts the fresh head
     assert cli_main(["weights", "inspect", "--checkpoint", str(tmp_path / "vggt_style.pt"), "--preset", "tiny"]) == 0

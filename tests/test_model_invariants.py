@@ -279,7 +279,7 @@ def test_config_validation_errors(tmp_path):
         ModelConfig.from_dict({**tiny.to_dict(), "not_a_field": 1})
     with pytest.raises(ValueError, match="unknown preset"):
         ModelConfig.preset("nope")
-    with pytest.raises(ValueError, match="exceed depth"):
+    with pytest.raises(ValueError, match=r"bias_layers \[3, 8\] must lie in 0..7"):
         tiny.replace(mask={"bias_layers": [3, 8]})
     p = tmp_path / "bad.json"
     p.write_text("{not json")

@@ -138,11 +138,16 @@ def test_record_failure_leaves_no_file(rec, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cancelled"):
         record(rec, tmp_path / "demo.mp4", size=SIZE, progress=boom)
     assert list(tmp_path.iterdir()) == []
-    # an existing video survives a failed re-record untouched
-    (tmp_path / "demo.mp4").write_bytes(b"old")
+    # a video it wrote survives a failed re-record untouched; a foreign file is never replaced
+    record(rec, tmp_path / "demo.mp4", size=SIZE, frames_per_step=1)
+    old = (tmp_path / "demo.mp4").read_bytes()
     with pytest.raises(RuntimeError):
         record(rec, tmp_path / "demo.mp4", size=SIZE, progress=boom)
-    assert (tmp_path / "demo.mp4").read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+    assert (tmp_path / "demo.mp4").read_bytes() == old and len(list(tmp_path.iterdir())) == 1
+    (tmp_path / "talk.mp4").write_bytes(b"someone else's")
+    with pytest.raises(ValueError, match="not written by vggt-mv"):
+        record(rec, tmp_path / "talk.mp4", size=SIZE)
+    assert (tmp_path / "talk.mp4").read_bytes() == b"someone else's"
 
 
 def test_cli_record_end_to_end(rec, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -201,16 +201,19 @@ def test_seed_recipe_on_fixtures_and_save_merged_round_trip(tmp_path):
         assert torch.equal(model(images)["depth"], again(images)["depth"])
 
 
-def test_cli_inspect_reports_and_exits_nonzero_when_modules_are_missing(capsys):
+def test_cli_inspect_reports_and_exits_2_when_modules_are_missing(capsys):
     page = reference_case("page4d_tiny_mask")
     pi3 = reference_case("pi3_tiny") / "model.safetensors"
     rc = cli_main(["weights", "inspect", "--checkpoint", str(page / "checkpoint.pt"), "--pi3", str(pi3),
                    "--config", str(page / "model_config.json")])
     out = capsys.readouterr().out
     assert rc == 0 and "pi3" in out and "0-17" in out and "18-23" in out
-    # Pi3 alone into a preset with heads: the heads get nothing -> non-zero exit
-    rc = cli_main(["weights", "inspect", "--pi3", str(pi3), "--config", str(page / "model_config.json"), "--json"])
-    assert rc == 1 and "required modules got no weights" in capsys.readouterr().err
+    # Pi3 alone into a preset with heads: the heads get nothing -> exit 2 (unless --allow-partial)
+    argv = ["weights", "inspect", "--pi3", str(pi3), "--config", str(page / "model_config.json"), "--json"]
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "do not fit" in err and "camera_head (" in err
+    assert cli_main(argv + ["--allow-partial"]) == 0
 
 
 def test_safetensors_with_zero_dim_tensors_reads_in_place(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # module -> provides register(subparsers) adding one or more subcommands
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-view, multi-timestep VGGT / PAGE-4D / Pi3 reconstruction (library CLI).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of errors too (also VGGT_MV_DEBUG=1); allowed anywhere")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -34,17 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions that are the user's to fix (bad option, file, target): one line, exit code 2
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (multi-line messages joined with '; ')."""
+    text = str(error).strip()
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("VGGT_MV_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted after the subcommand too
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"vggt-mv {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if debug_enabled(args):
+            import traceback
+
+            traceback.print_exc()
+        print(f"vggt-mv {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

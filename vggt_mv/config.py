@@ -195,8 +195,9 @@ class ModelConfig:
     time_bias: TimeBiasConfig = field(default_factory=TimeBiasConfig)
     layout: Literal["flat", "factorized"] = "flat"
     # Fit the mask-head variant and the track head to the checkpoint's keys when loading
-    # (vggt_mv.weights.autoconfig); off for the vggt/page4d* presets, which are fixed.
-    follow_checkpoint: bool = False
+    # (vggt_mv.weights.autoconfig). On by default (also for configs saved before the field existed);
+    # the vggt / page4d* presets set it off: their architecture is fixed by the preset.
+    follow_checkpoint: bool = True
     notes: str = ""
     name: str = "custom"
 
@@ -211,6 +212,26 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "ModelConfig":
+        for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("patch_size", "embed_dim"):
+            if getattr(self.dino, name) != getattr(self, name):
+                raise ValueError(f"dino.{name} ({getattr(self.dino, name)}) must equal {name} ({getattr(self, name)})")
+        if self.dino.depth <= 0 or self.dino.num_heads <= 0 or self.dino.embed_dim % self.dino.num_heads:
+            raise ValueError(f"dino: depth {self.dino.depth} and num_heads {self.dino.num_heads} must be positive "
+                             f"and divide embed_dim {self.dino.embed_dim}")
+        heads = [("camera_head", self.camera_head, self.enable_camera), ("depth_head", self.depth_head, self.enable_depth),
+                 ("point_head", self.point_head, self.enable_point), ("track_head", self.track_head, self.enable_track)]
+        for name, head, on in heads:
+            if on and head.dim_in != 2 * self.embed_dim:
+                raise ValueError(f"{name}.dim_in ({head.dim_in}) must be 2 * embed_dim ({2 * self.embed_dim})")
+        extractor = self.track_head.feature_extractor or DPTHeadConfig()  # the default reads VGGT's layers
+        for name, head, on in heads[1:3] + [("track_head.feature_extractor", extractor, self.enable_track)]:
+            if on and any(not 0 <= i < self.depth for i in head.intermediate_layer_idx):
+                raise ValueError(f"{name}.intermediate_layer_idx {head.intermediate_layer_idx} must lie in "
+                                 f"0..{self.depth - 1} (depth is {self.depth}); list layers of this model")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if sorted(self.aa_order) != ["time", "view"]:
@@ -225,13 +246,13 @@ class ModelConfig:
                 raise ValueError(f"mask.mode must be 'tokens' or 'streams', got {m.mode!r}")
             if not m.bias_layers:
                 raise ValueError("mask.bias_layers is empty; give the layers the mask biases")
+            if any(not 0 <= i < self.depth for i in m.bias_layers):
+                raise ValueError(f"mask.bias_layers {m.bias_layers} must lie in 0..{self.depth - 1} (depth is {self.depth})")
             if not 0 <= m.mask_layer < min(m.bias_layers):
                 raise ValueError(
                     f"mask.mask_layer ({m.mask_layer}) must be < min(bias_layers) ({min(m.bias_layers)}): "
                     "the mask is computed after that layer's frame block and used in later layers"
                 )
-            if max(m.bias_layers) >= self.depth:
-                raise ValueError(f"mask.bias_layers {m.bias_layers} exceed depth {self.depth}")
             bad = set(m.bias_blocks) - {"global", "frame"}
             if bad:
                 raise ValueError(f"mask.bias_blocks may contain 'global'/'frame', got {sorted(bad)}")
@@ -264,8 +285,12 @@ class ModelConfig:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read model config {path}: {e}") from e
-        if "model" in d and isinstance(d["model"], dict) and "embed_dim" not in d:
-            d = d["model"]  # a fixture's config.json
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        for wrapper in ("model", "config", "model_config"):  # a fixture's config.json / our manifests
+            if isinstance(d.get(wrapper), dict) and "embed_dim" not in d:
+                d = d[wrapper]
+                break
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:

@@ -9,8 +9,9 @@
                   for ``checkpoint_150.pt``).
 ``tiny``          a small factorized dual-stream model for tests and the CPU demo.
 
-``vggt_mv``, ``vggt_mv_fin10`` and ``tiny`` have ``follow_checkpoint``: with a checkpoint, the mask
-head variant and the track head follow its keys (``vggt_mv.weights.autoconfig``).
+``vggt_mv``, ``vggt_mv_fin10`` and ``tiny`` (and configs from JSON, by default) have
+``follow_checkpoint``: with a checkpoint, the mask head variant and the track head follow its keys
+(``vggt_mv.weights.autoconfig``). ``vggt`` and ``page4d*`` do not.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def vggt() -> ModelConfig:
             )
         ),
         layout="flat",
+        follow_checkpoint=False,  # the vggt / page4d* presets are fixed architectures
     )
 
 

@@ -68,22 +68,64 @@ def list_images(folder: str | Path, what: str = "camera folder") -> list[Path]:
     return natural_sorted(files)
 
 
+#: grey-level masks: a pixel is dynamic when its value is >= this share of the format's maximum
+MASK_THRESHOLD = 0.5
+_NOTED: set[tuple[str, str]] = set()  # (what, folder) already logged: once per camera folder
+
+
+def _note_once(what: str, path: Path, message: str) -> None:
+    key = (what, str(path.parent))
+    if key not in _NOTED:
+        _NOTED.add(key)
+        log.info(message, path.parent)
+
+
+def _decode(path: str | Path, what: str) -> "Image.Image":
+    """Fully decode ``path`` with Pillow, which raises on truncated/corrupt files (OpenCV does not)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.mode not in ("P", "PA") else img.convert("RGBA")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot read {what} {str(path)!r} ({reason}): the file is truncated, corrupt or not "
+                         "an image; re-export it or remove it from the folder") from None
+
+
+def _to_array(img) -> np.ndarray:
+    """A Pillow image as a numpy array; 16-bit and float modes scaled to uint8 range."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        return np.clip(arr / (65535.0 if arr.max() > 255 else 1.0) * (255.0 if arr.max() > 255 else 1.0),
+                       0, 255).astype(np.uint8)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        return np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.asarray(img)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 RGB ``[H,W,3]``; ValueError naming the file if unreadable."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ValueError(f"cannot read image {str(path)!r} (corrupt or unsupported); "
-                         "re-export the frame or delete it from the folder")
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255)
-        img = img.astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """Read an image as uint8 RGB ``[H,W,3]``; ValueError naming the file if truncated or unreadable.
+
+    Transparency is composited on white (logged once per folder); grey images are replicated.
+    """
+    path = Path(path)
+    img = _decode(path, "image")
+    if img.mode in ("RGBA", "LA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        if (rgba[..., 3] < 255).any():
+            _note_once("alpha", path, "images in %s have transparency: composited on white")
+        alpha = rgba[..., 3:] / 255.0
+        return np.clip(np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+    if img.mode not in ("RGB", "L"):
+        arr = _to_array(img)
+        if arr.ndim == 2:
+            return np.repeat(arr[..., None], 3, axis=2)
+        img = img.convert("RGB")
+    arr = np.asarray(img.convert("RGB") if img.mode == "L" else img)
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -92,14 +134,23 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a binary mask PNG as bool ``[H,W]`` (0/255 or 0/1 encodings; colour -> any channel)."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None or m.size == 0:
-        raise ValueError(f"cannot read mask {str(path)!r}; masks must be binary PNGs (0/255)")
+    """Read a mask image as bool ``[H,W]`` (True = dynamic).
+
+    Binary 0/255 and 0/1 encodings are exact; grey levels are thresholded at ``MASK_THRESHOLD`` of
+    the maximum (>= 128 for 8-bit), logged once per folder; colour masks use their brightest channel.
+    """
+    path = Path(path)
+    m = _to_array(_decode(path, "mask"))
     if m.ndim == 3:
         m = m[..., :3].max(axis=2)
-    thr = 127 if m.max() > 1 else 0
-    return m > thr
+    top = int(m.max()) if m.size else 0
+    if top <= 1:
+        return m > 0
+    levels = np.unique(m)
+    if len(levels) > 2 or (len(levels) == 2 and levels[0] != 0):
+        _note_once("grey", path, f"masks in %s have grey levels: pixels >= {int(MASK_THRESHOLD * 255)} of 255 "
+                   "count as dynamic")
+    return m >= MASK_THRESHOLD * 255
 
 
 def video_frame_count(path: str | Path) -> int:

@@ -273,6 +273,32 @@ def _stack_gt(per_cam: list[dict], key: str) -> np.ndarray | None:
     return np.stack([g[key] for g in per_cam], axis=1)
 
 
+def _select(views_or_root, masks, frame_range, stride) -> tuple[str, list[_Camera], Path | None, int, list[int]]:
+    """Cameras and the selected frame indices, from file listings only (no pixel decoded)."""
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride}")
+    layout, cams, root = _resolve(views_or_root)
+    _attach_masks(cams, masks)
+    n = min(c.n for c in cams)
+    start, stop = frame_range if frame_range is not None else (None, None)
+    idx = list(range(n))[slice(start, stop, stride)]
+    if not idx:
+        raise ValueError(f"frame range {start}:{stop} with stride {stride} selects no frame of the "
+                         f"{n} available; widen the range")
+    return layout, cams, root, n, idx
+
+
+def scan_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
+               frame_range: tuple[int | None, int | None] | None = None, stride: int = 1) -> tuple[int, int]:
+    """``(timesteps, views)`` that :func:`load_scene` would load, from file listings only.
+
+    Cheap (no frame is decoded; videos are counted), so options can be checked against the
+    scene's length before weights are loaded or frames read.
+    """
+    _, cams, _, _, idx = _select(views_or_root, masks, frame_range, stride)
+    return len(idx), len(cams)
+
+
 def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
                resolution: int | None = None, mode: str = "crop",
                frame_range: tuple[int | None, int | None] | None = None, stride: int = 1,
@@ -285,23 +311,14 @@ def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
     frame_range: ``(start, stop)`` python-slice bounds over the (truncated) frame indices.
     """
     target = check_resolution(resolution if resolution is not None else default_resolution(device_hint))
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    layout, cams, root = _resolve(views_or_root)
-    _attach_masks(cams, masks)
+    layout, cams, root, n, idx = _select(views_or_root, masks, frame_range, stride)
     counts = {c.name: c.n for c in cams}
-    n = min(counts.values())
     source: dict = {"layout": layout, "root": str(root) if root else None,
                     "cameras": {c.name: str(c.path) for c in cams}, "frame_counts": counts}
     if len(set(counts.values())) > 1:
         log.warning("cameras have different frame counts (%s); truncating all to the shortest: %d frames",
                     ", ".join(f"{k}={v}" for k, v in counts.items()), n)
         source["truncated"] = {"rule": "truncate to the shortest camera", "to": n}
-    start, stop = frame_range if frame_range is not None else (None, None)
-    idx = list(range(n))[slice(start, stop, stride)]
-    if not idx:
-        raise ValueError(f"frame_range={frame_range} with stride={stride} selects no frame of the "
-                         f"{n} available; widen the range")
 
     sizes = [next(c.iter_frames(idx[:1])).shape[:2] for c in cams]   # first selected frame
     final = common_size([plan_preprocess(h, w, mode, target) for h, w in sizes])

@@ -15,25 +15,27 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
-from vggt_mv.export.atomic import atomic_dir
 from vggt_mv.export.cameras import write_cameras_json
 from vggt_mv.export.colmap import write_colmap_text
 from vggt_mv.export.glb import build_scene, write_glb
+from vggt_mv.export.output import is_result_dir, output_dir
 from vggt_mv.export.ply import write_ply
 
 if TYPE_CHECKING:
     from vggt_mv.inference.reconstruction import Reconstruction
 
-__all__ = ["save_reconstruction", "load_reconstruction", "json_safe", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save_reconstruction", "read_reconstruction", "json_safe", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "vggt-mv-reconstruction"
 FORMAT_VERSION = 1
 _GT_PREFIX = "gt__"
+_REQUIRED = ("images", "depth", "depth_conf", "world_points", "world_points_conf", "extrinsic", "intrinsic")
 
 
 def json_safe(obj: Any) -> Any:
@@ -76,6 +78,7 @@ def save_reconstruction(
     colmap_max_points: int = 100_000,
     colmap_conf_percentile: float = 50.0,
     overwrite: bool = True,
+    inputs: Sequence[str | os.PathLike | None] = (),
 ) -> Path:
     """Write ``rec`` to ``out_dir`` atomically (temp sibling folder + ``os.replace``).
 
@@ -84,14 +87,18 @@ def save_reconstruction(
     COLMAP ``points3D.txt`` holds up to ``colmap_max_points`` static points above the
     ``colmap_conf_percentile`` confidence percentile. ``rec.meta`` is stored as JSON in
     ``manifest.json`` (tuples become lists, numpy values Python values, other objects their
-    ``repr``). An existing ``out_dir`` is replaced as a whole. Returns the output path.
+    ``repr``). ``out_dir`` follows the output rule (``vggt_mv.export.output``): written when new
+    or empty, replaced as a whole only when it holds a previous result (and ``overwrite``), never
+    when it is the current directory or an input / an ancestor of ``inputs``. Returns the path.
     """
     out_dir = Path(out_dir)
     height, width = rec.image_size
     options = dict(source=source, conf_percentile=conf_percentile, conf_threshold=conf_threshold,
                    max_points_per_timestep=max_points_per_timestep, color_by=color_by,
                    colmap_max_points=colmap_max_points, colmap_conf_percentile=colmap_conf_percentile)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    if not overwrite and out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists (overwrite=False)")
+    with output_dir(out_dir, inputs=inputs, is_ours=is_result_dir) as tmp:
         arrays = {name: getattr(rec, name) for name in
                   ("images", "depth", "depth_conf", "world_points", "world_points_conf", "extrinsic", "intrinsic")}
         if rec.dynamic_mask is not None:
@@ -158,10 +165,9 @@ def save_reconstruction(
 TRACK_FIELDS = ("tracks", "track_vis", "track_conf", "query_points")
 
 
-def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
-    """Load an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``."""
-    from vggt_mv.inference.reconstruction import Reconstruction
-
+def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``:
+    the keyword arguments of ``Reconstruction(...)`` (``Reconstruction.load`` builds it)."""
     path = Path(path)
     folder = path.parent if path.suffix == ".npz" else path
     npz_path = path if path.suffix == ".npz" else path / "reconstruction.npz"
@@ -169,18 +175,28 @@ def load_reconstruction(path: str | os.PathLike) -> "Reconstruction":
         raise FileNotFoundError(f"no reconstruction.npz in {folder}")
     manifest: dict[str, Any] = {}
     if (folder / "manifest.json").is_file():
-        with open(folder / "manifest.json", encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        try:
+            with open(folder / "manifest.json", encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except ValueError as e:
+            raise ValueError(f"{folder / 'manifest.json'} is not valid JSON ({e}); reconstruct the result again") from None
         if manifest.get("format") != FORMAT_NAME or manifest.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{folder}: unsupported format {manifest.get('format')!r} "
                              f"v{manifest.get('format_version')}")
-    with np.load(npz_path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{npz_path} cannot be read ({type(e).__name__}: {e}); the result is incomplete or "
+                         "corrupt: reconstruct it again") from None
+    missing = [k for k in _REQUIRED if k not in arrays]
+    if missing:
+        raise ValueError(f"{npz_path} lacks {', '.join(missing)}; it is not a complete vggt-mv result")
     gt = {k[len(_GT_PREFIX):]: v for k, v in arrays.items() if k.startswith(_GT_PREFIX)}
     gt.update(manifest.get("gt_extra") or {})
     has_gt = manifest.get("has_gt", bool(gt))
     view_names = [str(n) for n in arrays["view_names"]] if "view_names" in arrays else manifest.get("view_names")
-    return Reconstruction(
+    return dict(
         images=arrays["images"], depth=arrays["depth"], depth_conf=arrays["depth_conf"],
         world_points=arrays["world_points"], world_points_conf=arrays["world_points_conf"],
         extrinsic=arrays["extrinsic"], intrinsic=arrays["intrinsic"],

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from vggt_mv.export.glb import _PALETTE, frustum_lines
+from vggt_mv.export.output import output_path
 
 if TYPE_CHECKING:
     from vggt_mv.inference.reconstruction import Reconstruction
@@ -274,20 +274,18 @@ def render_frame(
 
 
 # ---------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def _atomic_video_path(path: Path) -> Iterator[Path]:
-    """A temp ``.mp4`` path next to ``path``, moved onto ``path`` on success, deleted on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + (path.suffix or ".mp4"), dir=path.parent)
-    os.close(fd)
+VIDEO_COMMENT = "written by vggt-mv record"
+
+
+def is_recorded_video(path: Path) -> bool:
+    """A video ``vggt-mv record`` wrote (its container comment), so re-recording may replace it."""
+    import av
+
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment") == VIDEO_COMMENT
+    except (OSError, ValueError, av.error.FFmpegError):
+        return False
 
 
 def _draw_label(frame: np.ndarray, text: str) -> np.ndarray:
@@ -365,12 +363,14 @@ def record(
     max_points: int | None = 400_000,
     num_threads: int | None = None,
     arc_degrees: float = 360.0,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Render ``rec`` along ``camera_path(mode, ...)`` and write an H.264 (yuv420p) MP4.
 
     Frames are streamed to the encoder one at a time (``iter_frames``), so memory stays bounded.
     The file appears atomically at ``out_path`` (temp file in the same folder, then
-    ``os.replace``); on any error, including one raised by ``progress(done, total)`` (called
+    ``os.replace``) and follows the output rule: an existing file is replaced only when it is a
+    video this function wrote, never an input (``inputs``); on any error, including one raised by ``progress(done, total)`` (called
     after each frame, e.g. to cancel), nothing partial remains and an existing file is kept.
     ``size=(H, W)`` must be even (yuv420p). ``num_threads`` temporarily sets torch's thread count
     while rendering (None: leave it). Returns the absolute output path.
@@ -391,9 +391,12 @@ def record(
     frames = iter_frames(rec, views, (height, width), point_size, color_by, conf_percentile, show_cameras,
                          label, background, max_points)
     out = Path(out_path).absolute()
-    with _torch_threads(num_threads), _atomic_video_path(out) as tmp:
+    with _torch_threads(num_threads), output_path(out, inputs=inputs, is_ours=is_recorded_video, keep_ext=True) as tmp:
         with iio.imopen(tmp, "w", plugin="pyav") as writer:
             writer.init_video_stream("libx264", fps=fps, pixel_format="yuv420p")
+            container = getattr(writer, "_container", None)  # marks the file as ours (see is_recorded_video)
+            if container is not None:
+                container.metadata["comment"] = VIDEO_COMMENT
             for i, frame in enumerate(frames):
                 writer.write_frame(frame)
                 if progress is not None:

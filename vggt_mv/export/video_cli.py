@@ -75,7 +75,16 @@ def run_record(args: argparse.Namespace) -> int:
     from vggt_mv.export.video import record
     from vggt_mv.inference.reconstruction import Reconstruction
 
+    from vggt_mv.export.output import check_output
+    from vggt_mv.export.video import is_recorded_video
+
     result_dir: Path = args.result_dir
+    for name in ("frames_per_step", "loops"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.fps > 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
+    check_output(args.out, kind="file", inputs=[result_dir], is_ours=is_recorded_video)
     if not result_dir.exists():
         raise FileNotFoundError(f"RESULT_DIR {result_dir} does not exist")
     if not (result_dir.is_dir() and (result_dir / "reconstruction.npz").is_file()):
@@ -84,9 +93,6 @@ def run_record(args: argparse.Namespace) -> int:
         rec = Reconstruction.load(result_dir)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"cannot load RESULT_DIR {result_dir}: {e}") from e
-    for name in ("frames_per_step", "loops"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     start = time.monotonic()
     last = [0.0]
 
@@ -101,7 +107,7 @@ def run_record(args: argparse.Namespace) -> int:
         color_by=args.color_by, conf_percentile=args.conf_percentile, frames_per_step=args.frames_per_step,
         show_cameras=args.show_cameras, progress=progress, up=args.up, num_frames=args.num_frames,
         orbit_timestep=args.orbit_timestep, hold=args.hold, loops=args.loops,
-        label=args.label, num_threads=args.threads, arc_degrees=args.arc,
+        label=args.label, num_threads=args.threads, arc_degrees=args.arc, inputs=[result_dir],
     )
     log.info("wrote %s (%s, %.1fs)", out, args.mode, time.monotonic() - start)
     print(out)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 
 log = logging.getLogger("vggt_mv.inference")
 
-__all__ = ["register", "run_reconstruct"]
+__all__ = ["register", "run_reconstruct", "MAX_RESOLUTION"]
+
+#: default ceiling of --resolution (2 x VGGT's 518): larger inputs need --max-resolution
+MAX_RESOLUTION = 1036
 
 
 def _frames(text: str | None) -> tuple[int | None, int | None] | None:
@@ -41,14 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, vggt_mv_fin10, "
                    "vggt_mv, tiny (default: vggt_mv with --pi3, vggt with --checkpoint, else tiny)")
     p.add_argument("--config", help="a model_config.json instead of a preset")
-    p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors (local path)")
+    p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors (local path); a vggt-mv "
+                   ".safetensors also supplies its config when neither --preset nor --config is given")
     p.add_argument("--pi3", help="Pi3 model.safetensors (local path)")
     p.add_argument("--recipe", default="seed", choices=["seed", "checkpoint_first"])
+    p.add_argument("--allow-partial", action="store_true",
+                   help="load weights that do not cover the whole model (the rest stays random; the result "
+                        "says 'partial weights'); without it such a load is an error")
     p.add_argument("--window", type=int, default=8, help="timesteps per model call (default 8)")
     p.add_argument("--overlap", type=int, default=2, help="timesteps shared by consecutive windows (default 2)")
     p.add_argument("--layout", choices=["flat", "factorized"], default=None, help="default: the preset's")
     p.add_argument("--resolution", type=int, default=None, help="target width, multiple of 14 "
                    "(default 518 on CUDA, 252 on CPU)")
+    p.add_argument("--max-resolution", type=int, default=MAX_RESOLUTION,
+                   help="ceiling for --resolution (default %(default)s; raise it deliberately for larger inputs)")
     p.add_argument("--mode", choices=["crop", "pad"], default="crop", help="VGGT preprocessing mode")
     p.add_argument("--frames", default=None, metavar="START:STOP", help="frame range (python slice bounds)")
     p.add_argument("--stride", type=int, default=1, help="take every N-th frame")
@@ -75,24 +85,92 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the original reference frame (mapped through its resize/crop)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="autocast dtype on CUDA: auto (bf16), bf16, fp16, fp32")
-    p.add_argument("--out", default="reconstruction", help="output folder (replaced if it exists)")
+    p.add_argument("--out", default="reconstruction",
+                   help="output folder: new or empty, or a previous vggt-mv result (replaced); never the current "
+                        "folder, an input or a folder holding one")
     p.add_argument("--conf-percentile", type=float, default=None, help="drop points below this confidence "
                    "percentile in the PLY/GLB exports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_reconstruct)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Option ranges (no I/O); raises ValueError naming the option and the fix."""
+    from vggt_mv.data.preprocess import check_resolution
+    from vggt_mv.inference.device import parse_dtype
+
+    if args.window < 1:
+        raise ValueError(f"--window must be >= 1 timestep, got {args.window}")
+    if not 0 <= args.overlap < args.window:
+        raise ValueError(f"--overlap must be in [0, --window) = [0, {args.window}), got {args.overlap}")
+    if args.stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {args.stride}")
+    if args.conf_percentile is not None and not 0.0 <= args.conf_percentile <= 100.0:
+        raise ValueError(f"--conf-percentile must be in [0, 100], got {args.conf_percentile:g}")
+    if args.resolution is not None:
+        try:
+            check_resolution(args.resolution)
+        except ValueError as e:
+            raise ValueError(f"--resolution: {e}") from None
+        if args.resolution > args.max_resolution:
+            raise ValueError(f"--resolution {args.resolution} is above the ceiling {args.max_resolution} (memory "
+                             "grows with its square); use a smaller one or raise --max-resolution")
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    parse_dtype(args.dtype)
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """Every path the run reads: an output may be none of them nor hold one."""
+    return [p for p in [*(args.views or []), args.scene, *(args.masks or []), args.checkpoint, args.pi3,
+                        args.query_points, args.epipolar_from] if p]
+
+
+def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
+    """Check --query-points / --epipolar before weights load; returns the previous run for
+    ``--epipolar previous`` (else None)."""
+    from vggt_mv.inference.priors import read_query_file
+
+    if args.time_bias is not None and not math.isfinite(args.time_bias):
+        raise ValueError(f"--time-bias must be a finite number, got {args.time_bias}")
+    if args.query_points:
+        read_query_file(args.query_points)
+    if args.epipolar == "off":
+        return None
+    if layout != "factorized" or num_views < 2:
+        raise ValueError(f"--epipolar {args.epipolar} acts on View-SA of the factorized layout with 2+ views; this "
+                         f"run has layout={layout!r} and {num_views} view(s): use --layout factorized or --epipolar off")
+    if args.epipolar == "previous":
+        if not args.epipolar_from:
+            raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")
+        from vggt_mv.inference.reconstruction import Reconstruction
+
+        return Reconstruction.load(args.epipolar_from)
+    return None
+
+
 def _build_config(args: argparse.Namespace):
     from vggt_mv.config import ModelConfig
+    from vggt_mv.weights.formats import embedded_config
 
+    embedded = embedded_config(args.checkpoint) if args.checkpoint and not (args.config or args.preset) else None
     if args.config:
         cfg = ModelConfig.from_json(args.config)
+    elif embedded is not None:
+        try:
+            cfg = ModelConfig.from_dict(embedded)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--checkpoint {args.checkpoint}: its embedded config is invalid ({e}); "
+                             "pass --preset or --config") from None
+        log.info("model config from %s (vggt_mv_config in its header)", args.checkpoint)
     else:
         preset = args.preset or ("vggt_mv" if args.pi3 else "vggt" if args.checkpoint else "tiny")
         cfg = ModelConfig.preset(preset)
     if args.sparse is not None:
         cfg.sparse.strategy = args.sparse
-    if getattr(args, "time_bias", None) is not None:
+    if args.time_bias is not None:
         cfg.time_bias.strength = float(args.time_bias)
     return cfg.validate()
 
@@ -100,6 +178,7 @@ def _build_config(args: argparse.Namespace):
 def _load_model(cfg, args: argparse.Namespace, device: str):
     from vggt_mv.weights import load_model
     from vggt_mv.weights.demo import demo_weights
+    from vggt_mv.weights.loader import partial_weights_note
 
     checkpoint = args.checkpoint
     if not (checkpoint or args.pi3):
@@ -110,45 +189,58 @@ def _load_model(cfg, args: argparse.Namespace, device: str):
         else:
             log.warning("no --checkpoint / --pi3 given: the %r model runs with RANDOM weights (useful for "
                         "smoke tests only)", cfg.name)
-    model, report = load_model(cfg, checkpoint=checkpoint, pi3=args.pi3, device=device, recipe=args.recipe)
+    model, report = load_model(cfg, checkpoint=checkpoint, pi3=args.pi3, device=device, recipe=args.recipe,
+                               strict=not args.allow_partial)
     if checkpoint or args.pi3:
         log.info("weights loaded:\n%s", report)
+    note = partial_weights_note(model)
+    if note:
+        log.warning("%s: %s", note, report.strict_problems())
     return model
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    """Entry point of ``vggt-mv reconstruct`` (returns the exit status)."""
-    from vggt_mv.data.scene import load_scene
+    """Entry point of ``vggt-mv reconstruct`` (returns the exit status).
+
+    Everything that can be checked without the model is checked first (options, device, output
+    target, the scene's length against window/frames), then weights load, then frames decode.
+    """
+    from vggt_mv.data.scene import load_scene, scan_scene
+    from vggt_mv.export.output import check_output, is_result_dir
     from vggt_mv.inference.device import select_device
     from vggt_mv.inference.pipeline import reconstruct
+    from vggt_mv.inference.priors import epipolar_cameras, load_query_points
+    from vggt_mv.inference.windows import plan_windows
+    from vggt_mv.weights.loader import partial_weights_note
 
+    _check_options(args)
     device = select_device(args.device)
+    inputs = _inputs(args)
+    check_output(args.out, kind="dir", inputs=inputs, is_ours=is_result_dir)
     masks = args.masks
     if args.no_masks:
         masks = False
     elif masks and len(masks) == 1 and not (args.views and len(args.views) == 1):
         masks = masks[0]  # one folder holding a subfolder per camera
+    source = args.views if args.views else args.scene
+    frames = _frames(args.frames)
+    num_t, num_v = scan_scene(source, masks=masks, frame_range=frames, stride=args.stride)
+    try:
+        plan_windows(num_t, args.window, args.overlap)
+    except ValueError as e:
+        raise ValueError(f"--window {args.window} / --overlap {args.overlap} with {num_t} timesteps: {e}") from None
+    cfg = _build_config(args)
+    layout = args.layout or cfg.layout
+    previous = _check_priors(args, layout if num_v > 1 else "flat", num_v)
     t0 = time.perf_counter()
-    scene = load_scene(args.views if args.views else args.scene, masks=masks, resolution=args.resolution,
-                       mode=args.mode, frame_range=_frames(args.frames), stride=args.stride,
-                       device_hint=device.type)
+    model = _load_model(cfg, args, str(device))
+    scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
+                       stride=args.stride, device_hint=device.type)
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
              ", ".join(scene.view_names))
-    cfg = _build_config(args)
-    from vggt_mv.inference.priors import epipolar_cameras, load_query_points
-
     query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
-    previous = None
-    if args.epipolar == "previous":
-        if not args.epipolar_from:
-            raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")
-        from vggt_mv.inference.reconstruction import Reconstruction
-
-        previous = Reconstruction.load(args.epipolar_from)
-    layout = args.layout or cfg.layout
     epipolar = epipolar_cameras(args.epipolar, scene, previous, layout=layout if scene.V > 1 else "flat",
                                 strength=args.epipolar_strength, band=args.epipolar_band)
-    model = _load_model(cfg, args, str(device))
     lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
     if any(v is not None for v in lambdas.values()):
         model.set_lambdas(**lambdas)
@@ -172,8 +264,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     rec.meta["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
-    out = rec.save(args.out, conf_percentile=args.conf_percentile)
-    log.info("wrote %s (%d timesteps x %d views, %.1fs total)", out, rec.num_timesteps, rec.num_views,
-             time.perf_counter() - t0)
+    out = rec.save(args.out, conf_percentile=args.conf_percentile, inputs=inputs)
+    note = partial_weights_note(model)
+    log.info("wrote %s (%d timesteps x %d views, %.1fs total)%s", out, rec.num_timesteps, rec.num_views,
+             time.perf_counter() - t0, f"; {note}" if note else "")
     print(out)
     return 0

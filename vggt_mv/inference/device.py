@@ -31,9 +31,15 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` -> CUDA if available else CPU; otherwise the named device, validated."""
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}; use 'auto', 'cpu', 'cuda[:N]' or 'mps'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         "use cuda:0 .. cuda:N-1")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"device {str(device)!r} requested but MPS is not available; use 'cpu' or 'auto'")
     if dev.type not in ("cpu", "cuda", "mps"):

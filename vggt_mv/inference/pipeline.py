@@ -25,6 +25,7 @@ from vggt_mv.inference.device import autocast_context, select_autocast_dtype, se
 from vggt_mv.inference.geometry import unproject_depth
 from vggt_mv.inference.reconstruction import Reconstruction
 from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, plan_windows
+from vggt_mv.weights.loader import partial_weights_note
 
 log = logging.getLogger("vggt_mv.inference")
 
@@ -308,6 +309,7 @@ def reconstruct(
         "preset": cfg.name,
         "config": cfg.to_dict(),
         "weights": getattr(model, "weights_identity", None) or "random init",
+        "partial_weights": partial_weights_note(model),
         "lambdas": model.lambdas(),
         "sparse": {"strategy": cfg.sparse.strategy, "layers": list(cfg.sparse.layers)},
         "layout": layout if V > 1 else "flat (single view: 5-D path)",

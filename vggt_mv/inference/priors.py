@@ -52,11 +52,9 @@ def _plan_of(scene: Any, view: int):
                           pad_ltrb=tuple(d["pad_ltrb"]), out_hw=tuple(d["out_hw"]))
 
 
-def load_query_points(path: str | Path, scene: Any, space: str = "model") -> np.ndarray:
-    """Query points ``[N, 2]`` float32 (x, y) in model-input pixels of the reference image (module doc)."""
+def read_query_file(path: str | Path) -> np.ndarray:
+    """The raw ``[N,2]`` / ``[N,4]`` array of a query-point file (checked; one-line errors)."""
     path = Path(path)
-    if space not in ("model", "original"):
-        raise ValueError(f"query-point space must be 'model' or 'original', got {space!r}")
     try:
         q = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -64,6 +62,15 @@ def load_query_points(path: str | Path, scene: Any, space: str = "model") -> np.
     if q.ndim != 2 or q.shape[1] not in (2, 4) or len(q) == 0 or not np.isfinite(q).all():
         raise ValueError(f"--query-points {path}: expected a finite [N,2] (x, y) or [N,4] (t, x, y, z) array, "
                          f"got shape {q.shape}")
+    return q
+
+
+def load_query_points(path: str | Path, scene: Any, space: str = "model") -> np.ndarray:
+    """Query points ``[N, 2]`` float32 (x, y) in model-input pixels of the reference image (module doc)."""
+    path = Path(path)
+    if space not in ("model", "original"):
+        raise ValueError(f"query-point space must be 'model' or 'original', got {space!r}")
+    q = read_query_file(path)
     h, w = int(scene.images.shape[-2]), int(scene.images.shape[-1])
     if q.shape[1] == 4:
         gt = getattr(scene, "gt", None)

@@ -452,6 +452,6 @@ class Reconstruction:
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "Reconstruction":
         """Restore a reconstruction written by ``save`` (arrays bit-exact, meta from manifest)."""
-        from vggt_mv.export.bundle import load_reconstruction
+        from vggt_mv.export.bundle import read_reconstruction
 
-        return load_reconstruction(out_dir)
+        return cls(**read_reconstruction(out_dir))

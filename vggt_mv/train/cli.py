@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from vggt_mv.export.output import check_output, is_train_run
 from vggt_mv.train.losses import LossConfig
 from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(ckpt, out, steps=args.steps)
         print(f"resuming {ckpt} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
     else:
+        check_output(out, kind="dir", inputs=[args.init], is_ours=is_train_run)
         if ckpt.exists():
             raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
         (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -313,7 +314,15 @@ class Trainer:
     def resume(cls, path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                steps: int | None = None) -> "Trainer":
         """A trainer restored from a checkpoint; ``steps`` may extend the run (changes the cosine)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ValueError(f"--resume: {path} cannot be read as a vggt-mv training checkpoint with "
+                             f"weights_only=True ({first}); start a new run with another --out") from None
+        if not isinstance(state, dict) or not {"model", "optimizer", "train_config", "model_config"} <= set(state):
+            raise ValueError(f"--resume: {path} is not a vggt-mv training checkpoint (missing keys); "
+                             "start a new run with another --out")
         cfg = TrainConfig.from_dict(state["train_config"])
         if steps is not None:
             cfg.steps = int(steps)

@@ -1,16 +1,15 @@
 """Fit a config to a checkpoint before the model is built: mask-head variant and track head.
 
 DESIGN §3/§4 and the design notes ("use the checkpoint's mask head; if it does not fit, add a fresh
-one"): a config with ``follow_checkpoint=True`` (presets ``vggt_mv``, ``vggt_mv_fin10``, ``tiny``)
-takes from the checkpoint's key/shape header
+one"): a config with ``follow_checkpoint=True`` (the default; presets ``vggt_mv``, ``vggt_mv_fin10``,
+``tiny``) takes from the checkpoint's key/shape header
 
 * ``mask.head``: the variant the checkpoint's ``aggregator.spatial_mask_head.*`` tensors are
   (``page4d`` or ``fin10``); a checkpoint without a mask head keeps the config's head, which is then
   initialised fresh and reported as a new module;
 * ``enable_track``: on when the checkpoint has ``track_head.*`` tensors, off otherwise.
 
-Configs with ``follow_checkpoint=False`` (the ``vggt`` / ``page4d*`` presets, fixture configs) are
-left unchanged, so their numerics and key sets are exactly the released ones.
+Configs with ``follow_checkpoint=False`` (the ``vggt`` / ``page4d*`` presets) are left unchanged, so their numerics and key sets are exactly the released ones.
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--preset", default=None, help="model preset (default: vggt_mv when --pi3 is given, else vggt)")
         q.add_argument("--config", help="a model_config.json instead of a preset")
         q.add_argument("--recipe", default="seed", choices=["seed", "checkpoint_first"])
+        q.add_argument("--allow-partial", action="store_true",
+                       help="accept files that do not cover the whole model (default: that is an error)")
         if name == "inspect":
             q.add_argument("--json", action="store_true", help="print the report as JSON")
             q.set_defaults(func=_inspect)
@@ -36,7 +38,7 @@ def _config(args) -> ModelConfig:
 
 def _inspect(args) -> int:
     from vggt_mv.weights.formats import open_checkpoint
-    from vggt_mv.weights.loader import fit_config, plan_files, required_modules
+    from vggt_mv.weights.loader import fit_config, plan_files
 
     cfg = _config(args)
     ck = open_checkpoint(args.checkpoint, expect="vggt") if args.checkpoint else None
@@ -44,18 +46,22 @@ def _inspect(args) -> int:
     cfg, choices = fit_config(cfg, ck)
     _, report, _ = plan_files(cfg, ck, pi, args.recipe, choices)
     print(report.to_json() if args.json else report.to_table())
-    missing = report.modules_without_weights(required_modules(cfg))
-    if missing:
-        print(f"error: required modules got no weights: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    problems = report.strict_problems()
+    if problems and not args.allow_partial:
+        print(f"vggt-mv weights inspect: error: the files do not fit the {cfg.name!r} model: {problems}; "
+              "check --preset/--config (or --allow-partial to accept it)", file=sys.stderr)
+        return 2
     return 0
 
 
 def _merge(args) -> int:
-    from vggt_mv.weights.loader import load_model, save_merged
+    from vggt_mv.weights.loader import check_merged_target, load_model, save_merged
 
-    model, report = load_model(_config(args), checkpoint=args.checkpoint, pi3=args.pi3, recipe=args.recipe)
-    path = save_merged(model, args.out, report)
+    inputs = [args.checkpoint, args.pi3, args.config]
+    check_merged_target(args.out, inputs)
+    model, report = load_model(_config(args), checkpoint=args.checkpoint, pi3=args.pi3, recipe=args.recipe,
+                               strict=not args.allow_partial)
+    path = save_merged(model, args.out, report, inputs=inputs)
     print(report.to_table())
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 
 Kind = Literal["pi3", "vggt"]
 
@@ -131,7 +132,15 @@ def _read_safetensors_index(path: Path) -> tuple[dict, dict]:
         n = struct.unpack("<Q", f.read(8))[0]
         if n > size - 8:
             raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has {size}; truncated?")
-        header = json.loads(f.read(n))
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            header = None
+    if not isinstance(header, dict) or not all(
+            isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= set(v) for k, v in header.items()
+            if k != "__metadata__"):
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON of tensor entries; the file is "
+                              "truncated or corrupt (re-download or re-save it)")
     header.pop("__metadata__", None)
     keys, offsets = {}, {}
     base = 8 + n
@@ -172,6 +181,20 @@ def _unwrap(path: Path, obj) -> tuple[dict[str, torch.Tensor], str | None, str |
     return tensors, wrapper, prefix
 
 
+def embedded_config(path: str | Path) -> dict | None:
+    """The model config a vggt-mv ``.safetensors`` carries in its header (``vggt_mv_config``), else None."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > path.stat().st_size - 8:
+                return None
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        return json.loads(meta["vggt_mv_config"]) if "vggt_mv_config" in meta else None
+    except (OSError, ValueError, KeyError, struct.error, AttributeError):
+        return None
+
+
 def open_checkpoint(path: str | Path, expect: Kind | None = None, role: str = "checkpoint") -> CheckpointFile:
     """Open ``path`` by content. ``expect`` checks the kind (a Pi3 file given as ``checkpoint`` is an error)."""
     path = Path(path).expanduser()
@@ -186,6 +209,9 @@ def open_checkpoint(path: str | Path, expect: Kind | None = None, role: str = "c
         head = f.read(16)
     is_zip = head[:4] == b"PK\x03\x04"
     is_st = len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size
+    if path.suffix == ".safetensors" and not is_st and not is_zip:
+        raise CheckpointError(f"{path}: not a safetensors file (no valid header: cut short, or not a checkpoint); "
+                              "re-download or re-save it")
     if is_st and not is_zip:
         keys, offsets = _read_safetensors_index(path)
         ck = CheckpointFile(path, "safetensors", _detect_kind(path, list(keys)), keys, _offsets=offsets)
@@ -205,7 +231,7 @@ def open_checkpoint(path: str | Path, expect: Kind | None = None, role: str = "c
                 "checkpoints are read with weights_only=True. Re-save it as a plain state_dict in a trusted "
                 "environment, e.g. torch.save(torch.load(p, weights_only=False)['model'], 'clean.pt')"
             ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
+        except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as e:
             raise CheckpointError(
                 f"{path}: cannot read as a torch checkpoint ({str(e).splitlines()[0]}); the file is "
                 "truncated or corrupt, or not a checkpoint"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,15 +22,6 @@ def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = VGGTMV(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def required_modules(cfg: ModelConfig) -> list[str]:
-    req = ["aggregator.patch_embed", "aggregator.frame_blocks", "aggregator.global_blocks", "aggregator.special_tokens"]
-    req += [h for h, on in (("camera_head", cfg.enable_camera), ("depth_head", cfg.enable_depth),
-                            ("point_head", cfg.enable_point), ("track_head", cfg.enable_track)) if on]
-    if cfg.mask.enabled:
-        req.append("aggregator.spatial_mask_head")
-    return req
 
 
 def fit_config(cfg: ModelConfig, checkpoint: CheckpointFile | None) -> tuple[ModelConfig, ConfigChoices]:
@@ -87,14 +77,20 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     recipe: Recipe = "seed",
+    strict: bool = True,
 ):
     """Build ``VGGTMV(cfg)`` and load weights. Returns ``(model.eval(), LoadReport)``.
 
+    ``strict`` (default): when files are given, every tensor of the model that is not a new module
+    must come from them and every tensor in them must be used (documented skips aside), else a
+    ``WeightsMismatchError`` saying what is missing from which module is raised *before* the model
+    is built. ``strict=False`` loads anyway; ``report.fraction_params_loaded()`` then says how much.
+    No files at all = random init (allowed). The model is allocated once on ``device``; source
+    tensors are read one at a time and cast into their parameters, so peak memory is about one
+    model plus one tensor.
+
     With ``cfg.follow_checkpoint`` the model is built from ``cfg`` fitted to the checkpoint (mask-head
     variant, track head; ``model.config`` is the fitted copy, the report says what was chosen).
-
-    The model is allocated once on ``device``; source tensors are read one at a time and cast into
-    their parameters, so peak memory is about one model plus one tensor.
     """
     from vggt_mv.model.vggt_mv import VGGTMV
 
@@ -106,6 +102,11 @@ def load_model(
     try:
         cfg, choices = fit_config(cfg, ck)
         target, report, plan = plan_files(cfg, ck, pi, recipe, choices)
+        problems = report.strict_problems() if (ck or pi) else None
+        if problems and strict:
+            names = " + ".join(str(f.path) for f in (ck, pi) if f is not None)
+            raise WeightsMismatchError(f"{names} do not fit the {cfg.name!r} model: {problems}. Check --preset/"
+                                       "--config, or pass --allow-partial (strict=False) to load anyway")
         with torch.device(device):
             model = VGGTMV(cfg)
         if dtype != torch.float32:
@@ -132,7 +133,18 @@ def load_model(
     model.eval()
     model.load_report = report
     model.weights_identity = weights_identity(checkpoint, pi3)
+    model.partial_weights = report.fraction_params_loaded() if problems else None
     return model, report
+
+
+class WeightsMismatchError(ValueError):
+    """Weight files that do not fit the model (strict loading)."""
+
+
+def partial_weights_note(model) -> str | None:
+    """``"partial weights (N% of parameters loaded)"`` for a model loaded with strict=False, else None."""
+    share = getattr(model, "partial_weights", None)
+    return None if share is None else f"partial weights ({100 * share:.1f}% of parameters loaded)"
 
 
 def weights_identity(checkpoint=None, pi3=None) -> str:
@@ -147,16 +159,45 @@ def weights_identity(checkpoint=None, pi3=None) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16] + " (" + ", ".join(parts) + ")"
 
 
-def save_merged(model, path: str | os.PathLike, report: LoadReport | None = None) -> Path:
-    """Write the model as one ``.safetensors`` (config + provenance in the header) and a ``.json`` manifest.
+def is_merged_weights(path: Path) -> bool:
+    """A ``.safetensors`` written by ``save_merged`` (``vggt_mv_config`` in its header)."""
+    from vggt_mv.weights.formats import embedded_config
 
-    Both files are written to temporary names and renamed, so a failure leaves nothing half-written.
-    """
-    from safetensors.torch import save_file
+    return path.is_file() and embedded_config(path) is not None
+
+
+def _is_merged_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"config", "provenance"} <= set(data)
+
+
+def check_merged_target(path: str | os.PathLike, inputs=()) -> Path:
+    """Validate a ``save_merged`` target (``X.safetensors`` + ``X.json``) against the output rule."""
+    from vggt_mv.export.output import check_output
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: merged weights are written as .safetensors; use a path ending in .safetensors")
+    check_output(path, kind="file", inputs=inputs, is_ours=is_merged_weights)
+    check_output(path.with_suffix(".json"), kind="file", inputs=inputs, is_ours=_is_merged_manifest,
+                 what="--out (its .json manifest)")
+    return path
+
+
+def save_merged(model, path: str | os.PathLike, report: LoadReport | None = None, inputs=()) -> Path:
+    """Write the model as one ``.safetensors`` (config + provenance in the header) and a ``.json`` manifest.
+
+    Both targets follow the output rule (new, or a previous ``save_merged`` output; never an input)
+    and are written to temporary names and renamed, so a failure leaves nothing half-written.
+    """
+    from safetensors.torch import save_file
+
+    from vggt_mv.export.output import output_file, output_path
+
+    path = check_merged_target(path, inputs)
     report = report or getattr(model, "load_report", None)
     provenance = report.provenance if report else {}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -169,19 +210,10 @@ def save_merged(model, path: str | os.PathLike, report: LoadReport | None = None
         "config": model.config.to_dict(),
         "provenance": provenance,
         "report": json.loads(report.to_json()) if report else None,
+        "partial_weights": partial_weights_note(model),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")[1])
-    tmp_json = Path(tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")[1])
-    try:
+    with output_path(path, inputs=inputs, is_ours=is_merged_weights) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        tmp_json.write_text(json.dumps(manifest, indent=1))
-        for t in (tmp, tmp_json):
-            os.chmod(t, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-        os.replace(tmp_json, path.with_suffix(".json"))
-    finally:
-        for t in (tmp, tmp_json):
-            if t.exists():
-                t.unlink()
+    with output_file(path.with_suffix(".json"), "w", inputs=inputs, is_ours=_is_merged_manifest) as handle:
+        handle.write(json.dumps(manifest, indent=1))
     return path

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from vggt_mv.weights.mapping import Plan, Shape
 
+#: skip reasons that are the documented plan (not a sign that the file does not fit the model)
+_DOCUMENTED_SKIPS = ("collision", "ignored", "superseded", "head disabled", "mask head in checkpoint")
 _BLOCK = re.compile(r"^aggregator\.((?:pose_)?(?:frame|global)_blocks)\.(\d+)\.")
 
 
@@ -85,7 +87,7 @@ class LoadReport:
             provenance[tgt] = f"{a.source}:{a.source_key}" + (f" ({a.transform})" if a and a.transform else "") if a else "init"
         rows = [ReportRow(mod, src, _ranges(g[0]), g[1], g[2]) for (mod, src), g in groups.items()]
         totals = {}
-        rule = ("collision", "ignored", "superseded", "head disabled", "mask head in checkpoint")
+        rule = _DOCUMENTED_SKIPS
         for name, keys in sources.items():
             used = {a.source_key for a in plan.assignments.values() if a.source == name}
             skipped = {s.key for s in plan.skipped if s.source == name and s.key not in used}
@@ -107,11 +109,53 @@ class LoadReport:
         expected = t["tensors_in_file"] - t["skipped_documented"]
         return t["used"] / expected if expected else 1.0
 
-    def modules_without_weights(self, required: list[str]) -> list[str]:
-        """Required modules that got no tensor from any file (modules initialised as new modules are exempt)."""
-        loaded = {r.module for r in self.rows if r.source != "init"}
-        new = {module_of(k)[0] for k, why in self.left_at_init.items() if why.startswith("new module")}
-        return [m for m in required if m not in loaded and m not in new]
+    def fraction_params_loaded(self) -> float:
+        """Share of the model's parameters (elements) that came from files (0..1)."""
+        total = sum(r.params for r in self.rows)
+        return sum(r.params for r in self.rows if r.source != "init") / total if total else 1.0
+
+    def missing(self) -> dict[str, int]:
+        """Report module -> number of tensors left at init that are *not* new modules (no source)."""
+        out: dict[str, int] = defaultdict(int)
+        for key, why in self.left_at_init.items():
+            if not why.startswith("new module"):
+                out[module_of(key)[0]] += 1
+        return dict(out)
+
+    def unused(self) -> dict[str, list[dict]]:
+        """File role -> skipped entries of tensors nothing used and no documented rule explains."""
+        rule = _DOCUMENTED_SKIPS
+        used = {(p.split(":", 1)[0], p.split(":", 1)[1].split(" (")[0]) for p in self.provenance.values() if p != "init"}
+        out: dict[str, list[dict]] = defaultdict(list)
+        seen = set()
+        for s in self.skipped:
+            key = (s["source"], s["key"])
+            if key in used or key in seen or s["reason"].startswith(rule):
+                continue
+            seen.add(key)
+            out[s["source"]].append(s)
+        return dict(out)
+
+    def strict_problems(self) -> str | None:
+        """One line saying what does not fit (tensors without a source, file tensors nothing used), or None.
+
+        Modules the design marks as new (left at init as "new module") are not problems.
+        """
+        parts = []
+        missing = self.missing()
+        if missing:
+            mods = ", ".join(f"{m} ({n} tensors)" for m, n in sorted(missing.items()))
+            parts.append(f"no weights for {mods}")
+        for role, entries in self.unused().items():
+            reasons: dict[str, int] = defaultdict(int)
+            for s in entries:
+                reasons[re.sub(r"(shape mismatch).*", r"\1", s["reason"])] += 1
+            why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+            parts.append(f"{len(entries)} of {self.source_totals[role]['tensors_in_file']} {role} tensors unused "
+                         f"({why}; e.g. {entries[0]['key']})")
+        if not parts:
+            return None
+        return "; ".join(parts) + f" ({100 * self.fraction_params_loaded():.1f}% of the model's parameters loaded)"
 
     def count(self, module: str, source: str) -> int:
         return sum(r.tensors for r in self.rows if r.module == module and r.source == source)
@@ -127,6 +171,8 @@ class LoadReport:
                 "track_head": {"enabled": self.track_head, "reason": self.track_head_reason},
                 "modules": [r.__dict__ for r in self.rows],
                 "sources": {k: {**v, "fraction_loaded": round(self.fraction_loaded(k), 6)} for k, v in self.source_totals.items()},
+                "fraction_params_loaded": round(self.fraction_params_loaded(), 6),
+                "problems": self.strict_problems(),
                 "skipped": self.skipped,
                 "left_at_init": self.left_at_init,
             },
