@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vggt-mv-app", description="vggt-mv interactive viewer (Gradio + viser)")
     p.add_argument("--views", nargs="+", metavar="DIR", help="one folder of frames (or video) per camera")
     p.add_argument("--scene", metavar="ROOT", help="a scene root (cam*/ folders or time_XX/viewN.png dump)")
-    p.add_argument("--preset", default="tiny", choices=PRESETS)
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="model preset (default: the one a weights name implies, e.g. vggt-1b -> vggt; else tiny)")
+    p.add_argument("--checkpoint", help="VGGT / PAGE-4D checkpoint: local .pt / .safetensors path, "
+                   "hf://[datasets/]OWNER/REPO[@REV]/FILE, or vggt-1b | page4d-mask | page4d-nomask")
+    p.add_argument("--pi3", help="Pi3 model.safetensors: local path, hf://..., or pi3")
     p.add_argument("--config", help="a model_config.json instead of --preset (design-notes names accepted)")
-    p.add_argument("--checkpoint", help="VGGT / PAGE-4D checkpoint (.pt / .safetensors), local path")
-    p.add_argument("--pi3", help="Pi3 model.safetensors, local path")
     p.add_argument("--allow-partial", action="store_true",
                    help="load weights that do not cover the whole model (the banner says 'partial weights')")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -71,7 +73,10 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
         views = [args.scene]
     else:
         views = [str(SAMPLE_DIR)]
-    return RunParams(views=views, preset=args.preset, checkpoint=args.checkpoint, pi3=args.pi3,
+    from vggt_mv.weights.hub import implied_preset
+
+    preset = args.preset or implied_preset(args.checkpoint, args.pi3) or "tiny"
+    return RunParams(views=views, preset=preset, checkpoint=args.checkpoint, pi3=args.pi3,
                      device=args.device, resolution=args.resolution, window=args.window,
                      overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
                      config=args.config, time_bias=args.time_bias, query_points=args.query_points,

@@ -132,9 +132,15 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
     ``config``: a model_config.json used instead of ``preset`` (no bundled demo weights then)."""
     from vggt_mv.config import ModelConfig
 
-    for label, path in (("checkpoint", checkpoint), ("Pi3 weights", pi3), ("model config", config)):
-        if path and not Path(path).expanduser().is_file():
-            raise UserError(f"{label} file not found: {path!r} (give a local .pt / .safetensors / .json path)")
+    from vggt_mv.weights.hub import resolve_weights
+
+    try:  # names and hf:// URIs become cached files (downloaded once) before anything stats them
+        checkpoint = str(resolve_weights(checkpoint, "checkpoint")) if checkpoint else None
+        pi3 = str(resolve_weights(pi3, "Pi3 weights")) if pi3 else None
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from exc
+    if config and not Path(config).expanduser().is_file():
+        raise UserError(f"model config file not found: {config!r} (give a local model_config.json path)")
     bank = strategy == "memory_bank"
     auto = None if (checkpoint or pi3 or config) else demo_weights(preset)
     cfg_id = None if not config else f"{Path(config).resolve()}:{Path(config).stat().st_mtime_ns}"

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from vggt_mv.weights.hub import describe_weights, weights_choices
+
 from .state import (
     EPIPOLAR, LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
     attention_diagnostics, estimate_params,
@@ -142,8 +144,14 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     window = gr.Number(d.window, label="window", precision=0, minimum=1)
                     overlap = gr.Number(d.overlap, label="overlap", precision=0, minimum=0)
                 with gr.Accordion("weights", open=bool(d.checkpoint or d.pi3 or d.config)):
-                    checkpoint = gr.Textbox(d.checkpoint or "", label="checkpoint (.pt / .safetensors)")
-                    pi3 = gr.Textbox(d.pi3 or "", label="Pi3 model.safetensors")
+                    checkpoint = gr.Dropdown(weights_choices("checkpoint"), value=d.checkpoint or "",
+                                             allow_custom_value=True, elem_id="checkpoint",
+                                             label="checkpoint: a name, hf://OWNER/REPO/FILE or a local .pt / .safetensors")
+                    pi3 = gr.Dropdown(weights_choices("pi3"), value=d.pi3 or "", allow_custom_value=True,
+                                      label="Pi3 model.safetensors: pi3, hf://... or a local path")
+                    weights_info = gr.Markdown("  \n".join(  # cache only at start-up; sizes on change
+                        f"{role}: {describe_weights(v, remote=False)}" for role, v in
+                        (("checkpoint", d.checkpoint), ("Pi3", d.pi3)) if v), elem_id="weights-info")
                     config_box = gr.Textbox(d.config or "", label="model config .json (instead of the preset)",
                                             elem_id="config")
                 with gr.Accordion("frames", open=False):
@@ -227,7 +235,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
 
         def do_run(sess, views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, ab_v, conf_v,
-                   progress=gr.Progress()):
+                   progress=gr.Progress(track_tqdm=True)):
+            # track_tqdm: a weights download (huggingface_hub's tqdm, in bytes) shows in the page
             keep = gr.update()
             if sess is None:
                 return ("**Not ready:** session not started yet — reload the page.",) + (keep,) * 9
@@ -351,6 +360,13 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
         if autorun:
             load_evt.then(do_run, inputs=run_inputs, outputs=run_outputs)
         preset.change(on_preset, inputs=[preset], outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner])
+
+        def on_weights(ckpt_v, pi3_v):  # where the weights would come from; a size asked of the Hub
+            return "  \n".join(f"{role}: {describe_weights(v)}" for role, v in
+                                (("checkpoint", ckpt_v), ("Pi3", pi3_v)) if v)
+
+        checkpoint.change(on_weights, inputs=[checkpoint, pi3], outputs=weights_info, show_progress="hidden")
+        pi3.change(on_weights, inputs=[checkpoint, pi3], outputs=weights_info, show_progress="hidden")
         run_btn.click(do_estimate, inputs=run_inputs, outputs=[status]).then(
             do_run, inputs=run_inputs, outputs=run_outputs, concurrency_limit=None)
         diag_btn.click(do_diag, inputs=run_inputs, outputs=[diag_table, status])

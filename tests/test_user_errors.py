@@ -150,7 +150,7 @@ def test_broken_safetensors_is_one_line(tmp_path, capsys, content):
     rc, err = run_cli(capsys, *recon(SAMPLE, tmp_path / "out", "--checkpoint", str(bad)))
     assert_user_error(rc, err, "reconstruct", str(bad), "not a safetensors file")
     rc, err = run_cli(capsys, "weights", "inspect", "--checkpoint", str(bad))
-    assert_user_error(rc, err, "weights", "not a safetensors file")
+    assert_user_error(rc, err, "weights inspect", "not a safetensors file")
 
 
 def test_record_on_a_truncated_npz(tmp_path, capsys):

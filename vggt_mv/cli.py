@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"vggt-mv {args.command}: error: {one_line(e)}", file=sys.stderr)
+        command = " ".join(c for c in (args.command, getattr(args, "weights_command", None)) if c)
+        print(f"vggt-mv {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

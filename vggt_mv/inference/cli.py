@@ -45,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, vggt_mv_fin10, "
                    "vggt_mv, tiny (default: vggt_mv with --pi3, vggt with --checkpoint, else tiny)")
     p.add_argument("--config", help="a model_config.json instead of a preset")
-    p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors (local path); a vggt-mv "
-                   ".safetensors also supplies its config when neither --preset nor --config is given")
-    p.add_argument("--pi3", help="Pi3 model.safetensors (local path)")
+    p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors: a local path, hf://[datasets/]"
+                   "OWNER/REPO[@REV]/FILE, or vggt-1b | page4d-mask | page4d-nomask (downloaded into the Hugging "
+                   "Face cache; the name implies its preset). A vggt-mv .safetensors also supplies its config")
+    p.add_argument("--pi3", help="Pi3 model.safetensors: a local path, hf://..., or pi3")
     p.add_argument("--recipe", default="seed", choices=["seed", "checkpoint_first"])
     p.add_argument("--allow-partial", action="store_true",
                    help="load weights that do not cover the whole model (the rest stays random; the result "
@@ -123,8 +124,11 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
-    """Every path the run reads: an output may be none of them nor hold one."""
-    return [p for p in [*(args.views or []), args.scene, *(args.masks or []), args.checkpoint, args.pi3,
+    """Every local path the run reads: an output may be none of them nor hold one."""
+    from vggt_mv.weights.hub import parse_weights_ref
+
+    weights = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None]
+    return [p for p in [*(args.views or []), args.scene, *(args.masks or []), *weights,
                         args.query_points, args.epipolar_from] if p]
 
 
@@ -151,11 +155,14 @@ def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
     return None
 
 
-def _build_config(args: argparse.Namespace):
+def _build_config(args: argparse.Namespace, checkpoint=None):
+    """The model config: --config, else the one a vggt-mv ``checkpoint`` file carries, else --preset
+    (default: the one a short weights name implies, vggt_mv with --pi3, vggt with --checkpoint, else tiny)."""
     from vggt_mv.config import ModelConfig
     from vggt_mv.weights.formats import embedded_config
+    from vggt_mv.weights.hub import implied_preset
 
-    embedded = embedded_config(args.checkpoint) if args.checkpoint and not (args.config or args.preset) else None
+    embedded = embedded_config(checkpoint) if checkpoint and not (args.config or args.preset) else None
     if args.config:
         cfg = ModelConfig.from_json(args.config)
     elif embedded is not None:
@@ -166,7 +173,8 @@ def _build_config(args: argparse.Namespace):
                              "pass --preset or --config") from None
         log.info("model config from %s (vggt_mv_config in its header)", args.checkpoint)
     else:
-        preset = args.preset or ("vggt_mv" if args.pi3 else "vggt" if args.checkpoint else "tiny")
+        preset = args.preset or implied_preset(args.checkpoint, args.pi3) or (
+            "vggt" if args.checkpoint else "tiny")
         cfg = ModelConfig.preset(preset)
     if args.sparse is not None:
         cfg.sparse.strategy = args.sparse
@@ -175,13 +183,12 @@ def _build_config(args: argparse.Namespace):
     return cfg.validate()
 
 
-def _load_model(cfg, args: argparse.Namespace, device: str):
+def _load_model(cfg, args: argparse.Namespace, device: str, checkpoint=None, pi3=None):
     from vggt_mv.weights import load_model
     from vggt_mv.weights.demo import demo_weights
     from vggt_mv.weights.loader import partial_weights_note
 
-    checkpoint = args.checkpoint
-    if not (checkpoint or args.pi3):
+    if not (checkpoint or pi3):
         checkpoint = demo_weights(cfg.name) if not args.config else None
         if checkpoint:
             log.info("using the bundled demo weights %s (trained on synthetic scenes; use the real "
@@ -189,9 +196,9 @@ def _load_model(cfg, args: argparse.Namespace, device: str):
         else:
             log.warning("no --checkpoint / --pi3 given: the %r model runs with RANDOM weights (useful for "
                         "smoke tests only)", cfg.name)
-    model, report = load_model(cfg, checkpoint=checkpoint, pi3=args.pi3, device=device, recipe=args.recipe,
+    model, report = load_model(cfg, checkpoint=checkpoint, pi3=pi3, device=device, recipe=args.recipe,
                                strict=not args.allow_partial)
-    if checkpoint or args.pi3:
+    if checkpoint or pi3:
         log.info("weights loaded:\n%s", report)
     note = partial_weights_note(model)
     if note:
@@ -211,6 +218,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vggt_mv.inference.pipeline import reconstruct
     from vggt_mv.inference.priors import epipolar_cameras, load_query_points
     from vggt_mv.inference.windows import plan_windows
+    from vggt_mv.weights.hub import resolve_weights
     from vggt_mv.weights.loader import partial_weights_note
 
     _check_options(args)
@@ -229,11 +237,13 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         plan_windows(num_t, args.window, args.overlap)
     except ValueError as e:
         raise ValueError(f"--window {args.window} / --overlap {args.overlap} with {num_t} timesteps: {e}") from None
-    cfg = _build_config(args)
+    checkpoint = resolve_weights(args.checkpoint, "--checkpoint")  # a Hub name downloads here, once validated
+    pi3 = resolve_weights(args.pi3, "--pi3")
+    cfg = _build_config(args, checkpoint)
     layout = args.layout or cfg.layout
     previous = _check_priors(args, layout if num_v > 1 else "flat", num_v)
     t0 = time.perf_counter()
-    model = _load_model(cfg, args, str(device))
+    model = _load_model(cfg, args, str(device), checkpoint, pi3)
     scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
                        stride=args.stride, device_hint=device.type)
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,

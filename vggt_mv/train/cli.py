@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vggt_mv.export.output import check_output, is_train_run
 from vggt_mv.train.losses import LossConfig
+from vggt_mv.weights.hub import parse_weights_ref
 from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
@@ -67,8 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--init", type=Path, default=None,
-                   help="start from these weights (e.g. a previous run's model.safetensors) instead of random init")
+    p.add_argument("--init", default=None,  # a str: Path() would fold the // of hf:// URIs
+                   help="start from these weights instead of random init: a previous run's model.safetensors, "
+                        "hf://OWNER/REPO/FILE or a weights name")
     p.add_argument("--size", type=_sizes, default=[(d.height, d.width)],
                    help="HxW (multiples of 14), or a comma list drawn per step; validation uses the first "
                         "(default: 126x168)")
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(ckpt, out, steps=args.steps)
         print(f"resuming {ckpt} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
     else:
-        check_output(out, kind="dir", inputs=[args.init], is_ours=is_train_run)
+        check_output(out, kind="dir", inputs=[args.init] if args.init and parse_weights_ref(args.init) is None else [],
+                     is_ours=is_train_run)
         if ckpt.exists():
             raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
         (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
-            init=str(args.init) if args.init else None, device=args.device, workers=args.workers,
+            init=args.init, device=args.device, workers=args.workers,
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
             loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
                             corr=args.corr_weight, corr_layers=args.corr_layers),

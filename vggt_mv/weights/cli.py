@@ -8,14 +8,19 @@ from vggt_mv.config import ModelConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="inspect or merge checkpoint files")
+    p = sub.add_parser("weights", help="list, inspect or merge checkpoint files")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    q = wsub.add_parser("list", help="the weights known by name: Hub file, size when known, local cache")
+    q.add_argument("--json", action="store_true", help="print the table as JSON")
+    q.set_defaults(func=_list)
     for name, help_ in (("inspect", "print where each module's weights would come from (no model run)"),
                         ("merge", "load and write the merged model as one .safetensors + manifest")):
         q = wsub.add_parser(name, help=help_)
-        q.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors")
-        q.add_argument("--pi3", help="Pi3 model.safetensors")
-        q.add_argument("--preset", default=None, help="model preset (default: vggt_mv when --pi3 is given, else vggt)")
+        q.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors: local path, hf://... or a "
+                       "name of `vggt-mv weights list`")
+        q.add_argument("--pi3", help="Pi3 model.safetensors: local path, hf://... or pi3")
+        q.add_argument("--preset", default=None, help="model preset (default: the one a short name implies; "
+                       "vggt_mv when --pi3 is given, else vggt)")
         q.add_argument("--config", help="a model_config.json instead of a preset")
         q.add_argument("--recipe", default="seed", choices=["seed", "checkpoint_first"])
         q.add_argument("--allow-partial", action="store_true",
@@ -31,18 +36,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args) -> ModelConfig:
     if not (args.checkpoint or args.pi3):
         raise ValueError("give --checkpoint and/or --pi3")
+    from vggt_mv.weights.hub import implied_preset
+
     if args.config:
         return ModelConfig.from_json(args.config)
-    return ModelConfig.preset(args.preset or ("vggt_mv" if args.pi3 else "vggt"))
+    return ModelConfig.preset(args.preset or implied_preset(args.checkpoint, args.pi3) or "vggt")
+
+
+def _list(args) -> int:
+    import json
+
+    from vggt_mv.weights.hub import SHORT_NAMES, human_size, hub_cache_dir, weights_table
+
+    rows = weights_table()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"Hugging Face cache: {hub_cache_dir()}")
+    print(f"{'name':<14} {'preset':<12} {'size':>12}  {'cached':<6}  file")
+    for row in rows:
+        cached = "yes" if row["cached"] else "no"
+        print(f"{row['name']:<14} {row['preset']:<12} {human_size(row['size']):>12}  {cached:<6}  {row['uri']}")
+    for row in rows:
+        if not row["cached"]:
+            print(f"to fetch {row['name']} ahead of time: {SHORT_NAMES[row['name']].download_command()}")
+    return 0
 
 
 def _inspect(args) -> int:
     from vggt_mv.weights.formats import open_checkpoint
+    from vggt_mv.weights.hub import resolve_weights
     from vggt_mv.weights.loader import fit_config, plan_files
 
     cfg = _config(args)
-    ck = open_checkpoint(args.checkpoint, expect="vggt") if args.checkpoint else None
-    pi = open_checkpoint(args.pi3, expect="pi3", role="pi3") if args.pi3 else None
+    checkpoint, pi3 = resolve_weights(args.checkpoint, "--checkpoint"), resolve_weights(args.pi3, "--pi3")
+    ck = open_checkpoint(checkpoint, expect="vggt") if checkpoint else None
+    pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
     cfg, choices = fit_config(cfg, ck)
     _, report, _ = plan_files(cfg, ck, pi, args.recipe, choices)
     print(report.to_json() if args.json else report.to_table())
@@ -55,9 +84,10 @@ def _inspect(args) -> int:
 
 
 def _merge(args) -> int:
+    from vggt_mv.weights.hub import parse_weights_ref
     from vggt_mv.weights.loader import check_merged_target, load_model, save_merged
 
-    inputs = [args.checkpoint, args.pi3, args.config]
+    inputs = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None] + [args.config]
     check_merged_target(args.out, inputs)
     model, report = load_model(_config(args), checkpoint=args.checkpoint, pi3=args.pi3, recipe=args.recipe,
                                strict=not args.allow_partial)

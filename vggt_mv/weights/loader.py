@@ -81,6 +81,9 @@ def load_model(
 ):
     """Build ``VGGTMV(cfg)`` and load weights. Returns ``(model.eval(), LoadReport)``.
 
+    ``checkpoint`` / ``pi3``: local paths, ``hf://`` URIs or short names (``vggt-1b``, ``pi3``,
+    ``page4d-mask``, ``page4d-nomask``; see ``vggt_mv.weights.hub``), downloaded into the Hub cache.
+
     ``strict`` (default): when files are given, every tensor of the model that is not a new module
     must come from them and every tensor in them must be used (documented skips aside), else a
     ``WeightsMismatchError`` saying what is missing from which module is raised *before* the model
@@ -94,9 +97,12 @@ def load_model(
     """
     from vggt_mv.model.vggt_mv import VGGTMV
 
+    from vggt_mv.weights.hub import resolve_weights
+
     if isinstance(cfg, str):
         cfg = ModelConfig.preset(cfg)
     cfg.validate()
+    checkpoint, pi3 = resolve_weights(checkpoint, "checkpoint"), resolve_weights(pi3, "pi3")
     ck = open_checkpoint(checkpoint, expect="vggt", role="checkpoint") if checkpoint else None
     pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
     try:
