@@ -1,6 +1,7 @@
 """``vggt-mv-app``: command line and launch of the Gradio page + per-session viser servers.
 
-    vggt-mv-app [--views DIR ...] [--scene ROOT] [--preset P] [--checkpoint X] [--pi3 Y]
+    vggt-mv-app [--views DIR ...] [--scene ROOT] [--preset P | --config JSON] [--checkpoint X] [--pi3 Y]
+                [--query-points NPY] [--epipolar off|gt|previous] [--time-bias S]
                 [--device D] [--port N] [--viser-port M] [--host 127.0.0.1]
 
 With no arguments it opens the bundled sample (``assets/sample``) with the ``tiny`` preset.
@@ -17,7 +18,7 @@ import socket
 import sys
 from typing import Any, Sequence
 
-from .state import PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry
+from .state import EPIPOLAR, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry
 
 log = logging.getLogger("vggt_mv.app")
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="VGGT / PAGE-4D checkpoint: local .pt / .safetensors path, "
                    "hf://[datasets/]OWNER/REPO[@REV]/FILE, or vggt-1b | page4d-mask | page4d-nomask")
     p.add_argument("--pi3", help="Pi3 model.safetensors: local path, hf://..., or pi3")
+    p.add_argument("--config", help="a model_config.json instead of --preset (design-notes names accepted)")
     p.add_argument("--allow-partial", action="store_true",
                    help="load weights that do not cover the whole model (the banner says 'partial weights')")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
@@ -50,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--overlap", type=int, default=2)
     p.add_argument("--sparse", default="none", choices=STRATEGIES)
+    p.add_argument("--time-bias", type=float, default=0.0, metavar="S", help="Time-SA relative-time bias -S*(dt)^2")
+    p.add_argument("--query-points", metavar="NPY", help=".npy [N,2] pixels in the reference image (model-input "
+                   "resolution) or MVTracker [N,4] (t,x,y,z); needs a track head; tracks are drawn")
+    p.add_argument("--epipolar", default="off", choices=EPIPOLAR,
+                   help="epipolar prior on View-SA: scene GT cameras, or the previous run of the tab")
     p.add_argument("--port", type=int, default=7860, help="Gradio port (next free one if taken)")
     p.add_argument("--viser-port", type=int, default=8081, help="first viser port (one per open tab)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 = this machine only)")
@@ -71,7 +78,9 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
     preset = args.preset or implied_preset(args.checkpoint, args.pi3) or "tiny"
     return RunParams(views=views, preset=preset, checkpoint=args.checkpoint, pi3=args.pi3,
                      device=args.device, resolution=args.resolution, window=args.window,
-                     overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial)
+                     overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
+                     config=args.config, time_bias=args.time_bias, query_points=args.query_points,
+                     epipolar=args.epipolar)
 
 
 def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRegistry, str]:

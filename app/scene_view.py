@@ -9,6 +9,8 @@ Scene graph (everything under ``/world``, whose rotation implements the up-axis 
     /world/t003/gt/v1                 ground-truth camera (Sim(3)-aligned to the prediction), if any
     /world/t003/ghost                 previous run (A/B mode), Sim(3)-aligned, other colour,
                                       semi-transparent frustum meshes
+    /world/t003/tracks                point tracks (query points) lifted with the predicted depth:
+                                      3D polylines over timesteps 0..t plus the current positions
 
 Coordinates are recentred (the scene centre of the current run is subtracted) so that large
 coordinates do not lose precision in viser's float16 point buffers. Up axis: ``-y`` keeps the
@@ -34,6 +36,8 @@ from vggt_mv.export.viser_scene import (
     frustum_mesh as _frustum_mesh, frustum_pose, initial_camera, thumb as _thumb, tint_mask,
 )
 from vggt_mv.inference.reconstruction import Reconstruction
+
+from .tracks import track_colors, track_segments
 
 __all__ = ["SceneView", "frustum_pose", "frustum_fov_aspect", "cloud_for", "UP_AXES",
            "tint_mask", "GHOST_RGB", "GT_RGB"]
@@ -100,6 +104,7 @@ class SceneView:
             self._add_cameras()
             self._add_gt()
             self._add_ghost()
+            self._add_tracks()
             self._set_initial_camera()
             self._build_gui()
 
@@ -292,6 +297,24 @@ class SceneView:
                 f"/world/t{t:03d}/ghost/cams", np.concatenate(verts).astype(np.float32),
                 np.concatenate(faces).astype(np.uint32), color=GHOST_RGB, opacity=0.35,
                 side="double", visible=self.options["show_ghost"])
+
+    def _add_tracks(self) -> None:
+        """Point tracks as 3D polylines (timesteps 0..t) and dots at the current positions."""
+        rec = self.rec
+        if rec is None or getattr(rec, "tracks", None) is None:
+            return
+        pts = rec.track_points_3d() - self.center  # [T, N, 3], NaN where unseen
+        colors = track_colors(pts.shape[1])
+        for t in range(rec.num_timesteps):
+            seg, col = track_segments(pts, t)
+            if len(seg):
+                self.nodes[f"t{t}/tracks"] = self.scene.add_line_segments(
+                    f"/world/t{t:03d}/tracks", seg, col, thickness=3.0, thickness_units="screen")
+            ok = np.isfinite(pts[t]).all(-1)
+            if ok.any():
+                self.nodes[f"t{t}/track_heads"] = self.scene.add_point_cloud(
+                    f"/world/t{t:03d}/track_heads", pts[t][ok].astype(np.float32), colors[ok],
+                    point_size=4 * self.options["point_size"], point_shape="circle")
 
     def _set_initial_camera(self) -> None:
         rec = self.rec

@@ -42,7 +42,8 @@ log = logging.getLogger("vggt_mv.app")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "assets" / "sample"
-PRESETS = ("tiny", "vggt_mv", "vggt", "page4d", "page4d_mask", "page4d_fin10")
+PRESETS = ("tiny", "vggt_mv", "vggt_mv_fin10", "vggt", "page4d", "page4d_mask", "page4d_fin10")
+EPIPOLAR = ("off", "gt", "previous")
 STRATEGIES = ("none", "landmark", "dilated", "memory_bank")
 LAYOUTS = ("auto", "factorized", "flat")
 RESOLUTIONS = (112, 168, 224, 280, 336, 392, 518)
@@ -83,6 +84,10 @@ class RunParams:
     frame_start: int = 0
     frame_stop: int = 0       # 0 = to the end
     stride: int = 1
+    config: str | None = None        # a model_config.json instead of the preset
+    time_bias: float = 0.0           # Time-SA relative-time bias -s*(dt)^2
+    query_points: str | None = None  # .npy [N,2] reference-image pixels or [N,4] (t,x,y,z)
+    epipolar: str = "off"            # off | gt (scene's GT cameras) | previous (this tab's last run)
     allow_partial: bool = False  # load weights that do not cover the model (banner says so)
 
 
@@ -122,8 +127,9 @@ def resolve_device(device: str) -> str:
 
 
 def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
-              strategy: str, allow_partial: bool = False) -> tuple[Any, str]:
-    """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens)."""
+              strategy: str, allow_partial: bool = False, config: str | None = None) -> tuple[Any, str]:
+    """Cached ``(model, banner)``; ``memory_bank`` builds its own model (it owns memory tokens).
+    ``config``: a model_config.json used instead of ``preset`` (no bundled demo weights then)."""
     from vggt_mv.config import ModelConfig
 
     from vggt_mv.weights.hub import resolve_weights
@@ -133,13 +139,19 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
         pi3 = str(resolve_weights(pi3, "Pi3 weights")) if pi3 else None
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from exc
+    if config and not Path(config).expanduser().is_file():
+        raise UserError(f"model config file not found: {config!r} (give a local model_config.json path)")
     bank = strategy == "memory_bank"
-    auto = None if (checkpoint or pi3) else demo_weights(preset)
-    key = (preset, checkpoint, pi3, device, bank, str(auto), allow_partial)
+    auto = None if (checkpoint or pi3 or config) else demo_weights(preset)
+    cfg_id = None if not config else f"{Path(config).resolve()}:{Path(config).stat().st_mtime_ns}"
+    key = (preset, checkpoint, pi3, device, bank, str(auto), allow_partial, cfg_id)
     with _MODEL_LOCK:
         if key in _MODEL_CACHE:
             return _MODEL_CACHE[key]
-        cfg = ModelConfig.preset(preset)
+        try:
+            cfg = ModelConfig.from_json(config) if config else ModelConfig.preset(preset)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
         if bank:
             cfg.sparse.strategy = "memory_bank"
             cfg.validate()
@@ -156,7 +168,9 @@ def get_model(preset: str, checkpoint: str | None, pi3: str | None, device: str,
             loaded = "; ".join(f"{src} {100 * report.fraction_loaded(src):.0f}% loaded" for src in report.source_totals)
             banner = f"weights: {names} ({'bundled demo weights' if auto else 'user files'}) — {loaded}"
         else:
-            banner = f"random {preset} weights: geometry is not meaningful"
+            banner = f"random {preset if not config else Path(config).name} weights: geometry is not meaningful"
+        if report.mask_head_reason and (ckpt or pi3):
+            banner += f" · mask head {report.mask_head or 'none'}, track head {'on' if report.track_head else 'off'}"
         partial = partial_weights_note(model)
         if partial:
             banner = f"{partial.upper()[:1]}{partial[1:]}: " + banner
@@ -217,7 +231,11 @@ def estimate_params(params: RunParams) -> str:
 
     scene = load_params_scene(params)
     layout = None if params.layout in ("auto", "", None) else params.layout
-    est = estimate_run(ModelConfig.preset(params.preset), scene.T, scene.V, scene.H, scene.W,
+    try:
+        cfg = ModelConfig.from_json(params.config) if params.config else ModelConfig.preset(params.preset)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    est = estimate_run(cfg, scene.T, scene.V, scene.H, scene.W,
                        window=int(params.window), overlap=int(params.overlap), layout=layout,
                        device=resolve_device(params.device))
     return f"Estimated {est} for T={scene.T} × V={scene.V} at {scene.H}×{scene.W}."
@@ -231,7 +249,7 @@ def attention_diagnostics(params: RunParams) -> list[list[str]]:
     scene = load_params_scene(params)
     device = resolve_device(params.device)
     model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
-                         params.allow_partial)
+                         params.allow_partial, params.config)
     if not model.config.mask.enabled:
         raise UserError(f"preset {params.preset} has no dynamic-mask head: nothing to diagnose")
     layout = None if params.layout in ("auto", "", None) else params.layout
@@ -244,9 +262,33 @@ def attention_diagnostics(params: RunParams) -> list[list[str]]:
              f"{r['mass_with_bias'] - r['mass_without_bias']:+.4f}"] for r in rows]
 
 
+def _run_inputs(params: RunParams, scene: Any, model: Any, layout: str | None,
+                previous: Reconstruction | None) -> tuple[Any, Any]:
+    """(query points ``[N,2]`` or None, ``EpipolarCameras`` or None) for a run; ``UserError`` when unusable."""
+    from vggt_mv.inference.priors import epipolar_cameras, load_query_points
+
+    try:
+        qp = None
+        if params.query_points:
+            if not Path(params.query_points).expanduser().is_file():
+                raise ValueError(f"query points file not found: {params.query_points!r} (a server-side .npy path)")
+            if getattr(model, "track_head", None) is None:
+                raise ValueError("query points need a model with a track head (a checkpoint with track_head.* "
+                                 "tensors, or a config with enable_track=true)")
+            qp = load_query_points(Path(params.query_points).expanduser(), scene)
+        eff = layout or model.config.layout
+        epi = epipolar_cameras(params.epipolar or "off", scene, previous,
+                               layout=eff if scene.V > 1 else "flat")
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return qp, epi
+
+
 def run_reconstruction(params: RunParams, progress: Callable[[float, str], None] | None = None,
-                       cancel: CancelToken | None = None) -> tuple[Reconstruction, dict[str, Any]]:
-    """Load the scene, configure the (cached) model and reconstruct. Raises ``UserError`` for bad input."""
+                       cancel: CancelToken | None = None,
+                       previous: Reconstruction | None = None) -> tuple[Reconstruction, dict[str, Any]]:
+    """Load the scene, configure the (cached) model and reconstruct. Raises ``UserError`` for bad input.
+    ``previous``: this tab's last run (cameras for ``epipolar="previous"``)."""
     cancel = cancel or CancelToken()
     report = progress or (lambda frac, msg: None)
     t0 = time.time()
@@ -257,9 +299,12 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         raise Cancelled()
     report(0.1, "loading model")
     model, banner = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
-                              params.allow_partial)
+                              params.allow_partial, params.config)
     notes: list[str] = []
     layout = None if params.layout in ("auto", "", None) else params.layout
+    query_points, epipolar = _run_inputs(params, scene, model, layout, previous)
+    if epipolar is not None:
+        notes.append(f"epipolar prior from the {'ground-truth cameras' if epipolar.source == 'gt' else 'previous run'}")
     with RUN_LOCK:
         bound = float(model.config.mask.lambda_bound) if model.config.mask.enabled else 0.0
         lam = dict(lambda_pose=params.lambda_pose, lambda_geo=params.lambda_geo,
@@ -272,6 +317,7 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         elif any(lam.values()):
             notes.append(f"preset {params.preset} has no mask head: λ sliders have no effect")
         model.config.sparse.strategy = params.strategy
+        model.config.time_bias.strength = float(params.time_bias or 0.0)  # read live by Time-SA
         report(0.15, "reconstructing")
         def prog(*args: Any, **kwargs: Any) -> None:
             frac = next((a for a in args if isinstance(a, (int, float))), None)
@@ -285,7 +331,8 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         cache = _pipeline_cache()
         hits0 = cache.hits
         rec = reconstruct(scene, model, window=int(params.window), overlap=int(params.overlap),
-                          layout=layout, device=device, progress=prog, cancel=cancel, cache=cache)
+                          layout=layout, device=device, progress=prog, cancel=cancel, cache=cache,
+                          query_points=query_points, epipolar=epipolar)
         if cache.hits - hits0:
             notes.append(f"reused cached upstream layers for {cache.hits - hits0} window(s)")
     if cancel.is_set():

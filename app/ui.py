@@ -15,12 +15,13 @@ import numpy as np
 from vggt_mv.weights.hub import describe_weights, weights_choices
 
 from .state import (
-    LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
+    EPIPOLAR, LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
     attention_diagnostics, estimate_params,
     SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
 )
 
 log = logging.getLogger("vggt_mv.app")
+N_PARAMS = 21  # run inputs that make a RunParams (after the session state)
 
 CSS = """
 #title h1 {margin-bottom: 0; font-size: 1.6em;}
@@ -84,13 +85,22 @@ def colorize_depth(depth: np.ndarray) -> np.ndarray:
 
 
 def gallery_items(rec: Any, t: int) -> tuple[list, list, list]:
-    """Per-view ``(image, caption)`` lists for timestep ``t``: images, depth, mask overlay."""
+    """Per-view ``(image, caption)`` lists for timestep ``t``: images (with the point tracks drawn,
+    if any: trail over 0..t, dot = current position), depth, mask overlay."""
     from vggt_mv.export.viser_scene import tint_mask
+
+    from .tracks import draw_tracks
 
     t = int(np.clip(t, 0, rec.num_timesteps - 1))
     imgs, depths, masks = [], [], []
+    tracks = getattr(rec, "tracks", None)
     for v, name in enumerate(rec.view_names):
-        imgs.append((rec.images[t, v], f"{name} · t={t}"))
+        if tracks is not None:
+            n_vis = int((rec.track_vis[t, v] >= 0.5).sum())
+            imgs.append((draw_tracks(rec.images[t, v], tracks[:t + 1, v], rec.track_vis[:t + 1, v]),
+                         f"{name} · t={t} · {n_vis}/{tracks.shape[2]} tracks visible"))
+        else:
+            imgs.append((rec.images[t, v], f"{name} · t={t}"))
         depths.append((colorize_depth(rec.depth[t, v]), f"{name} depth"))
         if rec.dynamic_mask is not None:
             masks.append((tint_mask(rec.images[t, v], rec.dynamic_mask[t, v]),
@@ -162,7 +172,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                                              allow_custom_value=True, elem_id="resolution")
                     window = gr.Number(d.window, label="window", precision=0, minimum=1)
                     overlap = gr.Number(d.overlap, label="overlap", precision=0, minimum=0)
-                with gr.Accordion("weights", open=bool(d.checkpoint or d.pi3)):
+                with gr.Accordion("weights", open=bool(d.checkpoint or d.pi3 or d.config)):
                     checkpoint = gr.Dropdown(weights_choices("checkpoint"), value=d.checkpoint or "",
                                              allow_custom_value=True, elem_id="checkpoint",
                                              label="checkpoint: a name, hf://OWNER/REPO/FILE or a local .pt / .safetensors")
@@ -171,6 +181,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     weights_info = gr.Markdown("  \n".join(  # cache only at start-up; sizes on change
                         f"{role}: {describe_weights(v, remote=False)}" for role, v in
                         (("checkpoint", d.checkpoint), ("Pi3", d.pi3)) if v), elem_id="weights-info")
+                    config_box = gr.Textbox(d.config or "", label="model config .json (instead of the preset)",
+                                            elem_id="config")
                 with gr.Accordion("frames", open=False):
                     with gr.Row():
                         f_start = gr.Number(d.frame_start, label="start", precision=0, minimum=0)
@@ -181,6 +193,16 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 lam_geo = gr.Slider(-bound, bound, d.lambda_geo, step=0.05, label="λ_geo (view)", elem_classes="lam")
                 lam_pose_t = gr.Slider(-bound, bound, d.lambda_pose_t, step=0.05, label="λ_pose_t (time)", elem_classes="lam")
                 lam_geo_t = gr.Slider(-bound, bound, d.lambda_geo_t, step=0.05, label="λ_geo_t (time)", elem_classes="lam")
+                time_bias = gr.Slider(0.0, 4.0, d.time_bias, step=0.05, label="time bias s (Time-SA −s·Δt²)",
+                                      elem_id="time-bias")
+                with gr.Accordion("tracks & epipolar prior", open=bool(d.query_points or d.epipolar != "off")):
+                    query_box = gr.Textbox(d.query_points or "", label="query points .npy (server-side path)",
+                                           info="[N,2] pixels (x, y) in the first view at t=0, model-input "
+                                                "resolution; or MVTracker [N,4] (t, x, y, z) world points",
+                                           elem_id="query-points")
+                    epipolar = gr.Dropdown(list(EPIPOLAR), value=d.epipolar, label="epipolar prior (View-SA)",
+                                           info="cameras from the scene's ground truth or from the previous run",
+                                           elem_id="epipolar")
                 with gr.Row():
                     strategy = gr.Dropdown(list(STRATEGIES), value=d.strategy, label="sparse strategy")
                     layout = gr.Dropdown(list(LAYOUTS), value=d.layout, label="layout")
@@ -198,7 +220,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 with gr.Tabs():
                     with gr.Tab("Views"):
                         t_gallery = gr.Slider(0, 1, 0, step=1, label="timestep")
-                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img")
+                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img",
+                                           format="png")  # lossless: thin track lines stay exact
                         g_depth = gr.Gallery(label="depth", columns=4, height=170)
                         g_mask = gr.Gallery(label="dynamic mask", columns=4, height=170)
                     with gr.Tab("Metrics"):
@@ -241,7 +264,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             return upd, upd, upd, upd, _initial_banner(p, None, None)
 
         def do_run(sess, views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                   fs, fe, st, lp, lg, lpt, lgt, strat, lay, ab_v, conf_v, progress=gr.Progress(track_tqdm=True)):
+                   fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, ab_v, conf_v,
+                   progress=gr.Progress(track_tqdm=True)):
             # track_tqdm: a weights download (huggingface_hub's tqdm, in bytes) shows in the page
             keep = gr.update()
             if sess is None:
@@ -249,8 +273,9 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             sess.cancel.clear()
             try:
                 params = _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                                 fs, fe, st, lp, lg, lpt, lgt, strat, lay)
-                rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel)
+                                 fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v)
+                rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel,
+                                               previous=sess.rec)
                 progress(0.97, desc="uploading scene")
                 sess.params = params
                 sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
@@ -266,7 +291,9 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             msg = (f"**Done** in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
                    f"{info['H']}×{info['W']} on {info['device']}, layout {info['layout']}, "
                    f"λ=({params.lambda_pose:g}, {params.lambda_geo:g}, {params.lambda_pose_t:g}, "
-                   f"{params.lambda_geo_t:g}), sparse {params.strategy}{notes}")
+                   f"{params.lambda_geo_t:g}), sparse {params.strategy}"
+                   + (f", time bias {params.time_bias:g}" if params.time_bias else "")
+                   + (f", {rec.tracks.shape[2]} tracks" if rec.tracks is not None else "") + notes)
             comp = sess.comparison
             ab_text = ("Previous run shown as an orange ghost, Sim(3)-aligned to this run."
                        if comp is not None else "First run: nothing to compare yet.")
@@ -277,24 +304,26 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     comp.rows() if comp is not None else [], ab_text, None)
 
         def _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                    fs, fe, st, lp, lg, lpt, lgt, strat, lay) -> RunParams:
+                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v=None, tb=0.0, qp_v=None, epi_v="off") -> RunParams:
             return RunParams(
                 views=parse_views(views_text), preset=preset_v, checkpoint=(ckpt_v or "").strip() or None,
                 pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
                 window=int(window_v or 8), overlap=int(overlap_v or 0), lambda_pose=lp, lambda_geo=lg,
                 lambda_pose_t=lpt, lambda_geo_t=lgt, strategy=strat, layout=lay,
                 frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1),
+                config=(cfg_v or "").strip() or None, time_bias=float(tb or 0.0),
+                query_points=(qp_v or "").strip() or None, epipolar=epi_v or "off",
                 allow_partial=d.allow_partial)
 
         def do_estimate(sess, *values):
             try:
-                return f"{estimate_params(_params(*values[:17]))} Running…"
+                return f"{estimate_params(_params(*values[:N_PARAMS]))} Running…"
             except UserError as exc:
                 return f"**Input problem:** {exc}"
 
         def do_diag(sess, *values):
             try:
-                return attention_diagnostics(_params(*values[:17])), gr.update()
+                return attention_diagnostics(_params(*values[:N_PARAMS])), gr.update()
             except UserError as exc:
                 return [], f"**Input problem:** {exc}"
 
@@ -353,7 +382,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             return str(out), f"Recorded `{out.name}` ({out.stat().st_size / 1e6:.1f} MB, H.264)."
 
         run_inputs = [state, views, preset, device, resolution, window, overlap, checkpoint, pi3, f_start,
-                      f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, ab, conf]
+                      f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, config_box,
+                      time_bias, query_box, epipolar, ab, conf]
         run_outputs = [status, banner, g_img, g_depth, g_mask, t_gallery, metrics, ab_table, ab_md, export_file]
         load_evt = demo.load(init_session, inputs=[state], outputs=[state, port_box])
         load_evt = load_evt.then(None, inputs=[port_box], outputs=[port_box], js=IFRAME_JS)

@@ -122,6 +122,11 @@ class MaskConfig:
     learnable_lambdas: bool = False
     learnable_fusion: bool = False
     separate_stream_blocks: bool = False  # streams mode: copy blocks for the pose stream
+    # How the model's logit and the external mask are fused: "scalar" = s*a_f*z' + b_f*M_ext;
+    # "gate" = a 1x1 MLP on (s*z', M_ext) per patch (new state keys aggregator.mask_bias.gate.*),
+    # initialised to equal scalar fusion with a_f = b_f = 1.
+    fusion: Literal["scalar", "gate"] = "scalar"
+    gate_hidden: int = 8
 
 
 @dataclass
@@ -189,6 +194,10 @@ class ModelConfig:
     sparse: SparseConfig = field(default_factory=SparseConfig)
     time_bias: TimeBiasConfig = field(default_factory=TimeBiasConfig)
     layout: Literal["flat", "factorized"] = "flat"
+    # Fit the mask-head variant and the track head to the checkpoint's keys when loading
+    # (vggt_mv.weights.autoconfig). On by default (also for configs saved before the field existed);
+    # the vggt / page4d* presets set it off: their architecture is fixed by the preset.
+    follow_checkpoint: bool = True
     notes: str = ""
     name: str = "custom"
 
@@ -249,6 +258,8 @@ class ModelConfig:
                 raise ValueError(f"mask.bias_blocks may contain 'global'/'frame', got {sorted(bad)}")
             if m.lambda_bound <= 0:
                 raise ValueError("mask.lambda_bound must be > 0")
+            if m.fusion not in ("scalar", "gate"):
+                raise ValueError(f"mask.fusion must be 'scalar' or 'gate', got {m.fusion!r}")
         s = self.sparse
         if s.strategy not in ("none", "landmark", "dilated", "memory_bank"):
             raise ValueError(
@@ -264,7 +275,8 @@ class ModelConfig:
     # ------------------------------------------------------------------ I/O
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        return _build(cls, d, "model config").validate()
+        """Build from a dict of the project's field names; the design notes' names (``ALIASES``) are accepted too."""
+        return _build(cls, apply_aliases(d), "model config").validate()
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":
@@ -312,6 +324,59 @@ class ModelConfig:
         cfg = copy.deepcopy(PRESETS[name]())
         cfg.name = name
         return cfg.validate()
+
+
+#: The design notes' config names -> the project's fields (README "Config aliases").
+#: alias: (section, field, how the value is converted)
+ALIASES: dict[str, tuple[str | None, str, str]] = {
+    "enable_dual_stream": ("mask", "mode", "true -> 'streams', false -> 'tokens'"),
+    "enable_sparse_global": ("sparse", "strategy", "false -> 'none'; true keeps sparse_strategy (default 'landmark')"),
+    "sparse_global_layers": ("sparse", "layers", "as is"),
+    "sparse_strategy": ("sparse", "strategy", "as is"),
+    "lambda_clamp_value": ("mask", "lambda_bound", "as is"),
+    "memory_tokens_num": ("sparse", "memory_tokens", "as is"),
+    "dilated_levels": ("sparse", "dilated_offsets", "levels [1, 2, 4] (or a count n: 1, 2, .., 2^(n-1)) -> offsets [0, +-1, +-2, +-4]"),
+    "use_gating": ("mask", "fusion", "true -> 'gate', false -> 'scalar'"),
+}
+
+
+def _alias_value(alias: str, v: Any, d: dict[str, Any]) -> Any:
+    if alias == "enable_dual_stream":
+        return "streams" if v else "tokens"
+    if alias == "use_gating":
+        return "gate" if v else "scalar"
+    if alias == "enable_sparse_global":
+        if not v:
+            return "none"
+        return d.get("sparse_strategy") or (d.get("sparse") or {}).get("strategy") or "landmark"
+    if alias == "dilated_levels":
+        levels = [2**i for i in range(int(v))] if isinstance(v, int) else [int(x) for x in v]
+        if any(x <= 0 for x in levels):
+            raise ValueError(f"dilated_levels must be positive time offsets, got {v}")
+        return [0] + [o for x in levels for o in (x, -x)]
+    return v
+
+
+def apply_aliases(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``d`` with the notes' names (``ALIASES``) moved to the project's fields.
+
+    An alias and the field it names must not disagree (a clear error says which).
+    """
+    if not isinstance(d, dict) or not any(k in ALIASES for k in d):
+        return d
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in ALIASES}
+    for alias, (section, name, _) in ALIASES.items():
+        if alias not in d:
+            continue
+        value = _alias_value(alias, d[alias], d)
+        if alias == "sparse_strategy" and "enable_sparse_global" in d:
+            continue  # enable_sparse_global already decided the strategy (with this value when on)
+        sub = out.setdefault(section, {}) if section else out
+        if name in sub and sub[name] != value:
+            raise ValueError(f"config alias {alias}={d[alias]!r} means {section}.{name}={value!r}, but the "
+                             f"config also sets {section}.{name}={sub[name]!r}; keep one of them")
+        sub[name] = value
+    return out
 
 
 def _build(kind: type, d: dict[str, Any], where: str) -> Any:

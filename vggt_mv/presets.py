@@ -5,7 +5,13 @@
 ``page4d_mask``   PAGE-4D ``checkpoint_mask.pt``: same keys, lambda_pose +64 (PAGE's alpha = 64).
 ``page4d_fin10``  the researcher's ``checkpoint_150.pt`` (fin10 mask head, layers 7 / 8..23).
 ``vggt_mv``       the seeds' design: factorized Time-SA/View-SA, dual ``streams`` forked at layer 8.
+``vggt_mv_fin10`` ``vggt_mv`` with the fin10 mask head and the track head (the notes' 1.26 B model
+                  for ``checkpoint_150.pt``).
 ``tiny``          a small factorized dual-stream model for tests and the CPU demo.
+
+``vggt_mv``, ``vggt_mv_fin10`` and ``tiny`` (and configs from JSON, by default) have
+``follow_checkpoint``: with a checkpoint, the mask head variant and the track head follow its keys
+(``vggt_mv.weights.autoconfig``). ``vggt`` and ``page4d*`` do not.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ def vggt() -> ModelConfig:
             )
         ),
         layout="flat",
+        follow_checkpoint=False,  # the vggt / page4d* presets are fixed architectures
     )
 
 
@@ -73,6 +80,14 @@ def vggt_mv() -> ModelConfig:
         lambda_bound=4.0, learnable_lambdas=True, learnable_fusion=True,
     )
     cfg.sparse = SparseConfig(strategy="none", layers=[22, 23])
+    cfg.follow_checkpoint = True
+    return cfg
+
+
+def vggt_mv_fin10() -> ModelConfig:
+    cfg = vggt_mv()
+    cfg.mask.head = "fin10"
+    cfg.enable_track = True
     return cfg
 
 
@@ -100,6 +115,7 @@ def tiny() -> ModelConfig:
         ),
         sparse=SparseConfig(strategy="none", layers=[6, 7], landmark_k=16, memory_tokens=8),
         layout="factorized",
+        follow_checkpoint=True,
     )
 
 
@@ -109,5 +125,6 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "page4d_mask": page4d_mask,
     "page4d_fin10": page4d_fin10,
     "vggt_mv": vggt_mv,
+    "vggt_mv_fin10": vggt_mv_fin10,
     "tiny": tiny,
 }

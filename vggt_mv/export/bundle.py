@@ -103,6 +103,9 @@ def save_reconstruction(
                   ("images", "depth", "depth_conf", "world_points", "world_points_conf", "extrinsic", "intrinsic")}
         if rec.dynamic_mask is not None:
             arrays["dynamic_mask"] = rec.dynamic_mask
+        for name in TRACK_FIELDS:  # optional point tracks (query points)
+            if getattr(rec, name, None) is not None:
+                arrays[name] = getattr(rec, name)
         gt_extra: dict[str, Any] = {}
         for key, value in (rec.gt or {}).items():
             if isinstance(value, np.ndarray) and value.dtype != object:
@@ -158,6 +161,10 @@ def save_reconstruction(
     return out_dir
 
 
+#: optional arrays of point tracks, saved when present
+TRACK_FIELDS = ("tracks", "track_vis", "track_conf", "query_points")
+
+
 def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
     """Read an output folder (or its ``reconstruction.npz``) written by ``save_reconstruction``:
     the keyword arguments of ``Reconstruction(...)`` (``Reconstruction.load`` builds it)."""
@@ -195,4 +202,5 @@ def read_reconstruction(path: str | os.PathLike) -> dict[str, Any]:
         extrinsic=arrays["extrinsic"], intrinsic=arrays["intrinsic"],
         dynamic_mask=arrays.get("dynamic_mask"), view_names=view_names,
         meta=manifest.get("meta", {}), gt=gt if has_gt else None,
+        **{name: arrays.get(name) for name in TRACK_FIELDS},  # absent in older results
     )

@@ -10,6 +10,8 @@ Cache key rule (``window_key``): a hash of everything the snapshot depends on â€
 * the window's image content (float32 bytes + shape, so resolution is included) and the external
   masks' content (or their absence);
 * L itself, the layout (``flat``/``factorized``), the device type and the autocast dtype;
+* the epipolar prior (``--epipolar``; it acts on View-SA from layer 0): "off" or a content hash of
+  the window's cameras, strength and band;
 * the model config **except** the Î» values (``mask.lambda_*``, ``mask.learnable_lambdas``), all of
   ``sparse.*``, and head-only settings (``camera_head``, ``depth_head``, ``point_head``,
   ``track_head``, ``enable_*``) and the cosmetic ``name`` / ``notes``. Any other field (e.g.
@@ -125,8 +127,10 @@ def _content_hash(t: torch.Tensor | None) -> str:
 
 
 def window_key(model: torch.nn.Module, images: torch.Tensor, ext_masks: torch.Tensor | None, *,
-               layout: str, device: torch.device, autocast_dtype: torch.dtype | None) -> str:
-    """Cache key of one window: images ``[..,3,H,W]``, ext_masks ``[..,H,W]`` or None (see module doc)."""
+               layout: str, device: torch.device, autocast_dtype: torch.dtype | None,
+               epipolar: str = "off") -> str:
+    """Cache key of one window: images ``[..,3,H,W]``, ext_masks ``[..,H,W]`` or None (see module doc);
+    ``epipolar``: the identity of the window's epipolar prior ("off" or a content hash of its cameras)."""
     layer = model.aggregator.first_affected_layer()
     parts = {
         "images": _content_hash(images),
@@ -137,6 +141,7 @@ def window_key(model: torch.nn.Module, images: torch.Tensor, ext_masks: torch.Te
         "precision": str(autocast_dtype or torch.float32),
         "config": upstream_config(model.config),
         "weights": weights_fingerprint(model, layer),
+        "epipolar": epipolar,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

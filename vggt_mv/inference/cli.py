@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", nargs="+", metavar="DIR", help="external dynamic-mask folders (one per camera, "
                    "or one folder holding a subfolder per camera); default: auto-detect")
     p.add_argument("--no-masks", action="store_true", help="ignore external masks even if present")
-    p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, "
+    p.add_argument("--preset", default=None, help="model preset: vggt, page4d, page4d_mask, page4d_fin10, vggt_mv_fin10, "
                    "vggt_mv, tiny (default: vggt_mv with --pi3, vggt with --checkpoint, else tiny)")
     p.add_argument("--config", help="a model_config.json instead of a preset")
     p.add_argument("--checkpoint", help="VGGT-1B / PAGE-4D .pt or .safetensors: a local path, hf://[datasets/]"
@@ -70,6 +70,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sparse Global-SA strategy (default: the preset's)")
     p.add_argument("--conf-landmarks", action="store_true",
                    help="landmark strategy: rank anchors by a first pass's confidence")
+    p.add_argument("--time-bias", type=float, default=None, metavar="S",
+                   help="Time-SA relative-time bias -S*(dt)^2 on the logits (0 = none; default: the config's)")
+    p.add_argument("--epipolar", choices=["off", "gt", "previous"], default="off",
+                   help="epipolar prior on View-SA (factorized layout): cameras from the scene's ground truth "
+                        "or from a previous run (--epipolar-from); penalty -strength*(d/band)^2")
+    p.add_argument("--epipolar-from", metavar="DIR", help="--epipolar previous: a previous output folder of this scene")
+    p.add_argument("--epipolar-strength", type=float, default=1.0, help="epipolar penalty strength (logits)")
+    p.add_argument("--epipolar-band", type=float, default=28.0, help="epipolar band in model-input pixels")
+    p.add_argument("--query-points", metavar="FILE", help=".npy [N,2] pixel (x, y) in the reference image (t=0, "
+                   "first view) or MVTracker [N,4] (t, x, y, z) world points (projected with the GT cameras); "
+                   "needs a track head; tracks are stored in the result")
+    p.add_argument("--query-space", choices=["model", "original"], default="model",
+                   help="[N,2] query pixels are in the model-input image (default, after preprocessing) or in "
+                        "the original reference frame (mapped through its resize/crop)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="autocast dtype on CUDA: auto (bf16), bf16, fp16, fp32")
     p.add_argument("--out", default="reconstruction",
@@ -114,7 +128,31 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     from vggt_mv.weights.hub import parse_weights_ref
 
     weights = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None]
-    return [p for p in [*(args.views or []), args.scene, *(args.masks or []), *weights] if p]
+    return [p for p in [*(args.views or []), args.scene, *(args.masks or []), *weights,
+                        args.query_points, args.epipolar_from] if p]
+
+
+def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
+    """Check --query-points / --epipolar before weights load; returns the previous run for
+    ``--epipolar previous`` (else None)."""
+    from vggt_mv.inference.priors import read_query_file
+
+    if args.time_bias is not None and not math.isfinite(args.time_bias):
+        raise ValueError(f"--time-bias must be a finite number, got {args.time_bias}")
+    if args.query_points:
+        read_query_file(args.query_points)
+    if args.epipolar == "off":
+        return None
+    if layout != "factorized" or num_views < 2:
+        raise ValueError(f"--epipolar {args.epipolar} acts on View-SA of the factorized layout with 2+ views; this "
+                         f"run has layout={layout!r} and {num_views} view(s): use --layout factorized or --epipolar off")
+    if args.epipolar == "previous":
+        if not args.epipolar_from:
+            raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")
+        from vggt_mv.inference.reconstruction import Reconstruction
+
+        return Reconstruction.load(args.epipolar_from)
+    return None
 
 
 def _build_config(args: argparse.Namespace, checkpoint=None):
@@ -140,6 +178,8 @@ def _build_config(args: argparse.Namespace, checkpoint=None):
         cfg = ModelConfig.preset(preset)
     if args.sparse is not None:
         cfg.sparse.strategy = args.sparse
+    if args.time_bias is not None:
+        cfg.time_bias.strength = float(args.time_bias)
     return cfg.validate()
 
 
@@ -176,6 +216,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vggt_mv.export.output import check_output, is_result_dir
     from vggt_mv.inference.device import select_device
     from vggt_mv.inference.pipeline import reconstruct
+    from vggt_mv.inference.priors import epipolar_cameras, load_query_points
     from vggt_mv.inference.windows import plan_windows
     from vggt_mv.weights.hub import implied_preset, resolve_weights
     from vggt_mv.weights.loader import partial_weights_note
@@ -191,7 +232,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         masks = masks[0]  # one folder holding a subfolder per camera
     source = args.views if args.views else args.scene
     frames = _frames(args.frames)
-    num_t, _ = scan_scene(source, masks=masks, frame_range=frames, stride=args.stride)
+    num_t, num_v = scan_scene(source, masks=masks, frame_range=frames, stride=args.stride)
     try:
         plan_windows(num_t, args.window, args.overlap)
     except ValueError as e:
@@ -199,15 +240,22 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     # the config is checked before a Hub name downloads, unless it comes from that file's header
     from_file = args.checkpoint and not (args.config or args.preset or implied_preset(args.checkpoint, args.pi3))
     cfg = None if from_file else _build_config(args)
+    previous = None if cfg is None else _check_priors(args, args.layout or cfg.layout, num_v)
     checkpoint = resolve_weights(args.checkpoint, "--checkpoint")
     pi3 = resolve_weights(args.pi3, "--pi3")
-    cfg = cfg or _build_config(args, checkpoint)
+    if cfg is None:
+        cfg = _build_config(args, checkpoint)
+        previous = _check_priors(args, args.layout or cfg.layout, num_v)
+    layout = args.layout or cfg.layout
     t0 = time.perf_counter()
     model = _load_model(cfg, args, str(device), checkpoint, pi3)
     scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
                        stride=args.stride, device_hint=device.type)
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
              ", ".join(scene.view_names))
+    query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
+    epipolar = epipolar_cameras(args.epipolar, scene, previous, layout=layout if scene.V > 1 else "flat",
+                                strength=args.epipolar_strength, band=args.epipolar_band)
     lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
     if any(v is not None for v in lambdas.values()):
         model.set_lambdas(**lambdas)
@@ -225,7 +273,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     try:
         rec = reconstruct(scene, model, window=args.window, overlap=args.overlap, layout=args.layout,
-                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks)
+                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks,
+                          query_points=query_points, epipolar=epipolar)
     finally:
         if bar is not None:
             bar.close()

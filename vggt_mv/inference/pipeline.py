@@ -102,8 +102,13 @@ def outputs_to_prediction(out: dict[str, torch.Tensor], image_hw: tuple[int, int
 
 def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torch.Tensor | None, *,
                    layout: str, device: torch.device, autocast_dtype: torch.dtype | None,
-                   cache: PipelineCache | None = None, conf_landmarks: bool = False) -> tuple[dict, dict]:
+                   cache: PipelineCache | None = None, conf_landmarks: bool = False,
+                   query_points: torch.Tensor | None = None, epipolar: Any = None,
+                   epipolar_id: str = "off") -> tuple[dict, dict]:
     """One window through the model: images ``[1,Tw,V,3,H,W]``, ext_masks ``[1,Tw,V,H,W]`` or None.
+
+    query_points ``[1,N,2]`` (reference-image pixels, track head) and ``epipolar`` (an
+    ``EpipolarPrior`` for this window, identified by ``epipolar_id`` in the cache key) are optional.
 
     Returns ``(outputs, info)``; info says whether the cache was hit. With a cache, a hit resumes
     from the stored ``AggregatorState`` (no encoder / early layers), a miss runs fully and stores
@@ -120,28 +125,71 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
     entry = None
     with autocast_context(device, autocast_dtype):
         if cache is not None:
-            key = window_key(model, images, ext_masks, layout=layout, device=device, autocast_dtype=autocast_dtype)
+            key = window_key(model, images, ext_masks, layout=layout, device=device, autocast_dtype=autocast_dtype,
+                             epipolar=epipolar_id)
             entry = cache.get(key, device)
             info["cache"] = "hit" if entry is not None else "miss"
         if entry is not None:
             scores = entry.landmark_scores if use_lm else None
             info["landmark_scores"] = "previous run (cached)" if scores is not None else "none"
-            out = model(images, ext_masks, layout=layout, resume=entry.state, landmark_scores=scores)
+            out = model(images, ext_masks, query_points, layout=layout, resume=entry.state, landmark_scores=scores,
+                        epipolar=epipolar)
         else:
             want_snapshot = cache is not None or use_lm
-            out = model(images, ext_masks, layout=layout, snapshot_at=layer if want_snapshot else None,
-                        return_aggregator=want_snapshot)
+            out = model(images, ext_masks, query_points, layout=layout, snapshot_at=layer if want_snapshot else None,
+                        return_aggregator=want_snapshot, epipolar=epipolar)
             snap = out.pop("_aggregator").snapshot if want_snapshot else None
             scores = None
             if use_lm and snap is not None and "depth_conf" in out:
                 scores = _patch_scores(out["depth_conf"], patch)
-                out = model(images, ext_masks, layout=layout, resume=snap, landmark_scores=scores)
+                out = model(images, ext_masks, query_points, layout=layout, resume=snap, landmark_scores=scores,
+                            epipolar=epipolar)
                 info["landmark_scores"] = "first pass of this run"
             if cache is not None and snap is not None:
                 cache.put(key, snap, model, scores)
     if cache is not None and key is not None and "depth_conf" in out:
         cache.set_landmark_scores(key, _patch_scores(out["depth_conf"], patch))
     return out, info
+
+
+class _TrackStitcher:
+    """Tracks of the query points over all windows: ``[T,V,N,2]`` pixels, ``[T,V,N]`` visibility.
+
+    Each timestep is written by the earliest window containing it (like the geometry); window k's
+    queries are the tracked view-0 positions at its first timestep (or the last written one).
+    """
+
+    def __init__(self, T: int, V: int, query_points: np.ndarray, model: torch.nn.Module):
+        if getattr(model, "track_head", None) is None:
+            raise ValueError("--query-points needs a model with a track head: load a checkpoint with track_head.* "
+                             "tensors into a vggt_mv/tiny preset, or use a config with enable_track=true")
+        q = np.asarray(query_points, np.float32)
+        if q.ndim != 2 or q.shape[1] != 2 or not len(q):
+            raise ValueError(f"query_points must be [N,2] pixel (x, y), got shape {q.shape}")
+        self.q0 = q
+        self.tracks = np.full((T, V, len(q), 2), np.nan, np.float32)
+        self.vis = np.zeros((T, V, len(q)), np.float32)
+        self.conf: np.ndarray | None = None
+        self.written = 0  # timesteps [0, written) are done
+
+    def queries(self, start: int, device: torch.device) -> torch.Tensor:
+        q = self.q0 if self.written == 0 else self.tracks[min(start, self.written - 1), 0]
+        return torch.as_tensor(np.ascontiguousarray(q), dtype=torch.float32, device=device)[None]
+
+    def add(self, start: int, stop: int, out: dict) -> None:
+        keep = max(start, self.written)
+        sl, src = slice(keep, stop), slice(keep - start, stop - start)
+        self.tracks[sl] = out["track"][0, src].detach().float().cpu().numpy()
+        self.vis[sl] = out["vis"][0, src].detach().float().cpu().numpy()
+        if "conf" in out:
+            if self.conf is None:
+                self.conf = np.zeros_like(self.vis)
+            self.conf[sl] = out["conf"][0, src].detach().float().cpu().numpy()
+        self.written = max(self.written, stop)
+
+    def result(self, query_points: np.ndarray) -> dict[str, np.ndarray | None]:
+        return {"tracks": self.tracks, "track_vis": self.vis, "track_conf": self.conf,
+                "query_points": np.asarray(query_points, np.float32)}
 
 
 def _to_uint8_hwc(images: torch.Tensor, chunk: int = 4) -> np.ndarray:
@@ -168,6 +216,8 @@ def reconstruct(
     cancel: CancelLike = None,
     cache: PipelineCache | None = None,
     conf_landmarks: bool = False,
+    query_points: np.ndarray | None = None,
+    epipolar: Any = None,
 ) -> Reconstruction:
     """Reconstruct ``scene`` (``images [T,V,3,H,W]`` in [0,1]) window by window -> ``Reconstruction``.
 
@@ -181,6 +231,10 @@ def reconstruct(
       ``Cancelled``.
     cache: a ``PipelineCache`` reused across calls (λ / sparse re-runs skip the upstream layers).
     conf_landmarks: with the ``landmark`` sparse strategy, rank anchors by a previous run's confidence.
+    query_points: ``[N,2]`` pixel (x, y) in the reference image (t=0, v=0) at the model-input
+      resolution (``vggt_mv.inference.priors.load_query_points``); needs a track head. The result
+      gets ``tracks [T,V,N,2]`` / ``track_vis [T,V,N]`` (chained across windows, see priors).
+    epipolar: an ``EpipolarCameras`` (``priors.epipolar_cameras``) feeding ``EpipolarPrior`` per window.
 
     The result's ``meta`` holds the run manifest (scene source, config, weights identity, λ,
     layout, windows with their Sim(3), cache hits, timings, versions).
@@ -203,6 +257,10 @@ def reconstruct(
     model.eval()
     stitcher = Stitcher(T)
     win_meta: list[dict] = []
+    tracks = _TrackStitcher(T, V, query_points, model) if query_points is not None else None
+    if epipolar is not None and (layout != "factorized" or V < 2):
+        raise ValueError(f"--epipolar {epipolar.source} acts on View-SA of the factorized layout with 2+ views; this "
+                         f"run has layout={layout!r} and {V} view(s): use --layout factorized or --epipolar off")
 
     def report(fraction: float, message: str) -> None:
         if progress is not None:
@@ -217,9 +275,15 @@ def reconstruct(
                 t0 = time.perf_counter()
                 imgs = images[plan.start:plan.stop][None].to(dev, torch.float32)
                 masks = None if scene.ext_masks is None else scene.ext_masks[plan.start:plan.stop][None].to(dev, torch.float32)
+                qp = None if tracks is None else tracks.queries(plan.start, dev)
+                prior = None if epipolar is None else epipolar.window(plan.start, plan.stop, dev)
+                epi_id = "off" if epipolar is None else epipolar.identity(plan.start, plan.stop)
                 out, info = predict_window(model, imgs, masks, layout=layout, device=dev, autocast_dtype=amp,
-                                           cache=cache, conf_landmarks=conf_landmarks)
+                                           cache=cache, conf_landmarks=conf_landmarks, query_points=qp,
+                                           epipolar=prior, epipolar_id=epi_id)
                 t1 = time.perf_counter()
+                if tracks is not None:
+                    tracks.add(plan.start, plan.stop, out)
                 pred = outputs_to_prediction(out, (H, W))
                 del out, imgs, masks
                 stitcher.add(plan, pred)
@@ -253,6 +317,10 @@ def reconstruct(
         "windows": win_meta,
         "device": str(dev), "autocast_dtype": str(amp) if amp is not None else "float32 (no autocast)",
         "conf_landmarks": conf_landmarks,
+        "epipolar": "off" if epipolar is None else {"source": epipolar.source, "strength": epipolar.strength,
+                                                    "band_px": epipolar.band, "penalty": "-strength*(d/band)^2"},
+        "tracks": None if tracks is None else {"num_points": int(len(query_points)), "reference": "t=0, view 0",
+                                               "chained_across_windows": len(plans) > 1},
         "timings": {"total_s": time.perf_counter() - t_start,
                     "model_s": sum(w["model_s"] for w in win_meta)},
         "versions": {"torch": torch.__version__, "vggt_mv": _package_version()},
@@ -263,6 +331,7 @@ def reconstruct(
     rec = Reconstruction(images=imgs_u8, depth=res.depth, depth_conf=res.depth_conf, world_points=res.world_points,
                          world_points_conf=res.world_points_conf, extrinsic=res.extrinsic, intrinsic=res.intrinsic,
                          dynamic_mask=res.dynamic_mask, view_names=list(getattr(scene, "view_names", []) or []) or None,
-                         meta=meta, gt=gt)
+                         meta=meta, gt=gt,
+                         **({} if tracks is None else tracks.result(query_points)))
     report(1.0, f"done in {meta['timings']['total_s']:.1f}s")
     return rec

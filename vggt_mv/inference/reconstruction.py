@@ -58,6 +58,9 @@ class Reconstruction:
     (probability a pixel is dynamic; a patch-grid ``[T,V,h,w]`` mask is upsampled) or None.
     ``world_points=None`` falls back to unprojected depth, ``*_conf=None`` to ones.
     ``gt`` optionally holds ground-truth ``depth``, ``extrinsic``, ``intrinsic``, ``dynamic_mask``.
+    Optional point tracks (``--query-points``): ``tracks [T,V,N,2]`` pixel (x, y) of each query point
+    in every image, ``track_vis [T,V,N]`` and ``track_conf [T,V,N]`` in [0,1], ``query_points [N,2]``
+    (reference-image pixels, model-input resolution).
     """
 
     images: np.ndarray
@@ -71,6 +74,10 @@ class Reconstruction:
     view_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     gt: dict[str, Any] | None = None
+    tracks: np.ndarray | None = None
+    track_vis: np.ndarray | None = None
+    track_conf: np.ndarray | None = None
+    query_points: np.ndarray | None = None
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -118,6 +125,50 @@ class Reconstruction:
         if self.gt is not None:
             self.gt = {k: (np.asarray(val) if k in GT_KEYS else val) for k, val in self.gt.items()}
         self.meta = dict(self.meta or {})
+        self._check_tracks(t, v)
+
+    def _check_tracks(self, t: int, v: int) -> None:
+        if self.tracks is None:
+            for name in ("track_vis", "track_conf", "query_points"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} given without tracks")
+            return
+        self.tracks = np.asarray(self.tracks, dtype=np.float32)
+        if self.tracks.ndim != 4 or self.tracks.shape[:2] != (t, v) or self.tracks.shape[3] != 2:
+            raise ValueError(f"tracks must be [T={t},V={v},N,2], got {self.tracks.shape}")
+        n = self.tracks.shape[2]
+        vis = np.ones((t, v, n), np.float32) if self.track_vis is None else self.track_vis
+        self.track_vis = np.asarray(vis, dtype=np.float32)
+        self._check("track_vis", self.track_vis, (t, v, n))
+        if self.track_conf is not None:
+            self.track_conf = np.asarray(self.track_conf, dtype=np.float32)
+            self._check("track_conf", self.track_conf, (t, v, n))
+        q = self.tracks[0, 0] if self.query_points is None else self.query_points
+        self.query_points = np.asarray(q, dtype=np.float32)
+        self._check("query_points", self.query_points, (n, 2))
+
+    def track_points_3d(self, vis_threshold: float = 0.5) -> np.ndarray:
+        """Tracks lifted to 3D with the predicted depth: ``[T, N, 3]`` world points (NaN where the
+        point is visible in no view). Each visible (t, v) track pixel is unprojected with that image's
+        depth (nearest pixel) and camera; the views that see the point are averaged."""
+        if self.tracks is None:
+            raise ValueError("this reconstruction has no tracks (run with query points)")
+        t, v, h, w = self.depth.shape
+        xy = np.nan_to_num(self.tracks, nan=-1.0)
+        px = np.clip(np.rint(xy[..., 0]), 0, w - 1).astype(int)
+        py = np.clip(np.rint(xy[..., 1]), 0, h - 1).astype(int)
+        ti, vi = np.meshgrid(np.arange(t), np.arange(v), indexing="ij")
+        z = self.depth[ti[..., None], vi[..., None], py, px]  # [T,V,N]
+        k_inv = np.linalg.inv(self.intrinsic.astype(np.float64))  # [T,V,3,3]
+        pix = np.stack([xy[..., 0], xy[..., 1], np.ones_like(xy[..., 0])], -1).astype(np.float64)
+        cam = np.einsum("tvij,tvnj->tvni", k_inv, pix) * z[..., None]
+        r, tr = self.extrinsic[..., :3].astype(np.float64), self.extrinsic[..., 3].astype(np.float64)
+        world = np.einsum("tvji,tvnj->tvni", r, cam - tr[:, :, None])  # R^T (x_cam - t)
+        inside = (xy[..., 0] >= -0.5) & (xy[..., 0] <= w - 0.5) & (xy[..., 1] >= -0.5) & (xy[..., 1] <= h - 0.5)
+        ok = (self.track_vis >= vis_threshold) & inside & np.isfinite(self.tracks).all(-1) & (z > 0)
+        wsum = ok.sum(1)  # [T,N]
+        mean = np.where(ok[..., None], world, 0.0).sum(1) / np.maximum(wsum, 1)[..., None]
+        return np.where((wsum > 0)[..., None], mean, np.nan).astype(np.float32)
 
     def _map(self, value: Any, name: str, default: np.ndarray) -> np.ndarray:
         if value is None:

@@ -13,7 +13,9 @@ check the pattern directly):
 * ``dilated``: an image at time t sees all tokens of all views at times t+o for o in ``offsets``
   that fall inside [0, T). Cost linear in T at fixed V.
 * ``memory_bank``: M learnable memory tokens first gather from all tokens (M x N), then every image
-  attends to its own tokens plus the memory (N x (P+M)). Cost linear in T*V.
+  attends to its own tokens plus the memory (N x (P+M)). Cost linear in T*V. A logit ``bias``
+  applies to the image's own keys in the second step (memory keys get none, like special keys; the
+  memory queries of the gather step are neither pose nor geo rows, so they get none either).
 """
 from __future__ import annotations
 
@@ -144,7 +146,13 @@ def sparse_attend(
             return torch.cat([z, zm], 3).reshape(b * ni, heads, p + m, d)
 
         qi = q.reshape(b, heads, ni, p, d).transpose(1, 2).reshape(b * ni, heads, p, d)
-        o = attend(qi, per_image(k, km), per_image(val, vm))  # scatter
+        ib = None
+        if bias is not None:  # each image's rows and its own keys; zero on the memory keys
+            r = bias.row.shape[-1]
+            key = bias.key.reshape(b, ni, p, r)
+            key = torch.cat([key, key.new_zeros(b, ni, m, r)], 2).reshape(b * ni, p + m, r)
+            ib = LowRankBias(bias.row.reshape(b * ni, p, r), key)
+        o = attend(qi, per_image(k, km), per_image(val, vm), ib)  # scatter
         o = o.reshape(b, ni, heads, p, d).transpose(1, 2).reshape(b, heads, ni * p, d)
     else:
         raise ValueError(f"unknown sparse strategy {strategy!r}")

@@ -260,7 +260,7 @@ class Aggregator(nn.Module):
     def _probability(self, logit: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
         mb = self.mask_bias
         return self.spatial_mask_head.probability(
-            logit, self.cfg.mask.logit_sign, mb.feature_gain, external, mb.external_gain
+            logit, self.cfg.mask.logit_sign, mb.feature_gain, external, mb.external_gain, gate=mb.gate
         )
 
     def _key_value(self, logit: torch.Tensor | None, external: torch.Tensor | None) -> torch.Tensor:

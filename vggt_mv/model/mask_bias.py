@@ -12,12 +12,13 @@ import torch.nn as nn
 
 from vggt_mv.config import MaskConfig
 from vggt_mv.layers import LowRankBias
+from vggt_mv.model.mask_head import FusionGate
 
 LAMBDA_NAMES = ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")
 
 
 class MaskBiasControl(nn.Module):
-    """Holds the four lambdas (bounded to +-``lambda_bound``) and the external-mask fusion gains.
+    """Holds the four lambdas (bounded to +-``lambda_bound``) and the external-mask fusion gains (or gate).
 
     Learnable (``nn.Parameter``, new state_dict keys) when the config asks for it; otherwise
     non-persistent buffers, so the PAGE/VGGT presets keep the released checkpoints' exact key sets.
@@ -28,8 +29,11 @@ class MaskBiasControl(nn.Module):
         self.bound = float(cfg.lambda_bound)
         for name in LAMBDA_NAMES:
             self._add(name, float(getattr(cfg, name)), cfg.learnable_lambdas)
-        self._add("feature_gain", 1.0, cfg.learnable_fusion)
-        self._add("external_gain", 1.0, cfg.learnable_fusion)
+        scalar = cfg.fusion == "scalar"
+        self._add("feature_gain", 1.0, cfg.learnable_fusion and scalar)
+        self._add("external_gain", 1.0, cfg.learnable_fusion and scalar)
+        # fusion = "gate": a 1x1 MLP replaces the two gains (new keys aggregator.mask_bias.gate.*)
+        self.gate = None if scalar else FusionGate(cfg.gate_hidden)
 
     def _add(self, name: str, value: float, learnable: bool) -> None:
         t = torch.tensor(value)

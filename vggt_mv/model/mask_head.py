@@ -13,7 +13,9 @@ and return a logit per patch. ``m`` is the probability that a patch is **dynamic
   ``suppress = sigmoid(-z/tau)``; its key bias -0.5*m is lambda_pose = 0.5 with c0 = 0).
 
 a_f, b_f are the external-mask fusion gains (1.0; learnable in the vggt_mv presets); M_ext is an
-optional external mask area-pooled to the patch grid (1 = dynamic).
+optional external mask area-pooled to the patch grid (1 = dynamic). With ``mask.fusion = "gate"``
+the sum ``s*a_f*z + b_f*M_ext`` is replaced by ``FusionGate(s*z, M_ext)``, a per-patch 1x1 MLP that
+starts as exactly ``s*z + M_ext`` (scalar fusion with a_f = b_f = 1).
 """
 from __future__ import annotations
 
@@ -22,8 +24,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class FusionGate(nn.Module):
+    """1x1 gate on (model logit, external mask) per patch: ``linear(x) + mlp(x)``, x = (s*z', M_ext).
+
+    Initialised so it equals scalar fusion with a_f = b_f = 1 exactly: ``linear`` = (1, 1) with bias
+    0 and the MLP's last layer zero. State keys ``gate.linear.*``, ``gate.mlp.{0,2}.*``.
+    """
+
+    def __init__(self, hidden: int = 8):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        with torch.no_grad():
+            self.linear.weight.fill_(1.0)
+            self.linear.bias.zero_()
+            self.mlp[2].weight.zero_()
+            self.mlp[2].bias.zero_()
+
+    def forward(self, feature: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+        """feature ``[...]`` (s*z'), external ``[...]`` or None (= 0) -> fused logit ``[...]``."""
+        if external is None:
+            external = torch.zeros_like(feature)
+        x = torch.stack([feature, external.to(feature.dtype)], -1)
+        return (self.linear(x) + self.mlp(x))[..., 0]
+
+
 class _MaskHead(nn.Module):
-    """Shared fusion: ``m = finish(sigmoid(s * a_f * logit' + b_f * M_ext))``."""
+    """Shared fusion: ``m = finish(sigmoid(s * a_f * logit' + b_f * M_ext))`` (or through a ``FusionGate``)."""
 
     def scaled_logit(self, logit: torch.Tensor) -> torch.Tensor:
         return logit
@@ -31,8 +58,11 @@ class _MaskHead(nn.Module):
     def finish(self, p: torch.Tensor) -> torch.Tensor:
         return p
 
-    def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None):
+    def probability(self, logit: torch.Tensor, sign: float, feature_gain, external=None, external_gain=None,
+                    gate: FusionGate | None = None):
         """logit ``[N, ...]`` (+ external mask of the same shape, 1 = dynamic) -> m in [0, 1]."""
+        if gate is not None:
+            return self.finish(torch.sigmoid(gate(sign * self.scaled_logit(logit), external)))
         z = sign * feature_gain * self.scaled_logit(logit)
         if external is not None:
             z = z + external_gain * external

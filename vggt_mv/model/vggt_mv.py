@@ -17,6 +17,17 @@ from vggt_mv.model.epipolar import EpipolarPrior
 from vggt_mv.model.mask_bias import LAMBDA_NAMES
 
 
+def _read_alias_keys(state_dict, prefix, *_args) -> None:
+    """``load_state_dict`` accepts the design notes' ``time_blocks.`` / ``view_blocks.`` keys as
+    ``frame_blocks.`` / ``global_blocks.`` (renamed in place before loading)."""
+    from vggt_mv.weights.mapping import canonical_key
+
+    for k in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + canonical_key(k[len(prefix):])
+        if new != k:
+            state_dict[new] = state_dict.pop(k)
+
+
 class VGGTMV(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -27,6 +38,7 @@ class VGGTMV(nn.Module):
         self.point_head = DPTHead(config.point_head) if config.enable_point else None
         self.depth_head = DPTHead(config.depth_head) if config.enable_depth else None
         self.track_head = TrackHead(config.track_head) if config.enable_track else None
+        self._register_load_state_dict_pre_hook(_read_alias_keys)
 
     # ------------------------------------------------------------------ controls
     def set_lambdas(

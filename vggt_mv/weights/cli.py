@@ -66,13 +66,14 @@ def _list(args) -> int:
 def _inspect(args) -> int:
     from vggt_mv.weights.formats import open_checkpoint
     from vggt_mv.weights.hub import resolve_weights
-    from vggt_mv.weights.loader import plan_files
+    from vggt_mv.weights.loader import fit_config, plan_files
 
     cfg = _config(args)
     checkpoint, pi3 = resolve_weights(args.checkpoint, "--checkpoint"), resolve_weights(args.pi3, "--pi3")
     ck = open_checkpoint(checkpoint, expect="vggt") if checkpoint else None
     pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
-    _, report, _ = plan_files(cfg, ck, pi, args.recipe)
+    cfg, choices = fit_config(cfg, ck)
+    _, report, _ = plan_files(cfg, ck, pi, args.recipe, choices)
     print(report.to_json() if args.json else report.to_table())
     problems = report.strict_problems()
     if problems and not args.allow_partial:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from vggt_mv.config import ModelConfig
+from vggt_mv.weights.autoconfig import ConfigChoices, resolve_config
 from vggt_mv.weights.formats import CheckpointFile, open_checkpoint
 from vggt_mv.weights.mapping import Recipe, build_plan
 from vggt_mv.weights.report import LoadReport
@@ -23,18 +24,29 @@ def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def fit_config(cfg: ModelConfig, checkpoint: CheckpointFile | None) -> tuple[ModelConfig, ConfigChoices]:
+    """``cfg`` fitted to the checkpoint's key/shape header (mask-head variant, track head; see
+    ``vggt_mv.weights.autoconfig``) and the choices made."""
+    return resolve_config(cfg, {k: s for k, (s, _) in checkpoint.keys.items()} if checkpoint else None)
+
+
 def plan_files(
-    cfg: ModelConfig, checkpoint: CheckpointFile | None, pi3: CheckpointFile | None, recipe: Recipe = "seed"
+    cfg: ModelConfig, checkpoint: CheckpointFile | None, pi3: CheckpointFile | None, recipe: Recipe = "seed",
+    choices: ConfigChoices | None = None,
 ) -> tuple[dict, LoadReport, object]:
+    """Plan ``cfg`` (already fitted with ``fit_config`` when ``choices`` is given) against the files."""
     target = model_shapes(cfg)
     ck = {k: s for k, (s, _) in checkpoint.keys.items()} if checkpoint else None
     pi = {k: s for k, (s, _) in pi3.keys.items()} if pi3 else None
     fork = min(cfg.mask.bias_layers) if cfg.mask.enabled and cfg.mask.mode == "streams" else None
     plan = build_plan(target, ck, pi, recipe=recipe, mask_head=cfg.mask.head if cfg.mask.enabled else None,
-                      fork_layer=fork)
+                      fork_layer=fork, fresh_mask_head=bool(choices and choices.fresh_mask_head))
     sources = {n: s for n, s in (("checkpoint", ck), ("pi3", pi)) if s is not None}
     files = {n: f.describe() for n, f in (("checkpoint", checkpoint), ("pi3", pi3)) if f is not None}
-    return target, LoadReport.from_plan(plan, target, sources, files, recipe), plan
+    report = LoadReport.from_plan(plan, target, sources, files, recipe)
+    if choices is not None:
+        report.set_choices(choices)
+    return target, report, plan
 
 
 def _transform(t: torch.Tensor, transform: str | None) -> torch.Tensor:
@@ -79,6 +91,9 @@ def load_model(
     No files at all = random init (allowed). The model is allocated once on ``device``; source
     tensors are read one at a time and cast into their parameters, so peak memory is about one
     model plus one tensor.
+
+    With ``cfg.follow_checkpoint`` the model is built from ``cfg`` fitted to the checkpoint (mask-head
+    variant, track head; ``model.config`` is the fitted copy, the report says what was chosen).
     """
     from vggt_mv.model.vggt_mv import VGGTMV
 
@@ -91,7 +106,8 @@ def load_model(
     ck = open_checkpoint(checkpoint, expect="vggt", role="checkpoint") if checkpoint else None
     pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
     try:
-        target, report, plan = plan_files(cfg, ck, pi, recipe)
+        cfg, choices = fit_config(cfg, ck)
+        target, report, plan = plan_files(cfg, ck, pi, recipe, choices)
         problems = report.strict_problems() if (ck or pi) else None
         if problems and strict:
             names = " + ".join(str(f.path) for f in (ck, pi) if f is not None)

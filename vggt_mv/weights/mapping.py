@@ -31,6 +31,9 @@ PI3_BLOCK_PAIRS = 18
 PI3_HEAD_PREFIXES = ("point_decoder.", "point_head.", "conf_decoder.", "conf_head.", "camera_decoder.", "camera_head.")
 PI3_IGNORED = ("image_mean", "image_std")
 NEW_MODULE_PATTERNS = ("aggregator.mask_bias.", "aggregator.memory_tokens")
+MASK_PREFIX = "aggregator.spatial_mask_head."
+#: the design notes' block names, read as the project's (``time_blocks`` = ``frame_blocks``, ...)
+_KEY_ALIASES = re.compile(r"^(aggregator\.)(pose_)?(time|view)_blocks\.")
 
 _BLOCK = re.compile(r"^aggregator\.(frame_blocks|global_blocks)\.(\d+)\.(.*)$")
 _PI3_DEC = re.compile(r"^decoder\.(\d+)\.(.*)$")
@@ -59,6 +62,15 @@ class Plan:
     skipped: list[Skip] = field(default_factory=list)
     left_at_init: dict[str, str] = field(default_factory=dict)  # target -> why
     mask_variant: str | None = None
+
+
+def canonical_key(key: str) -> str:
+    """A state_dict key with the notes' ``aggregator.time_blocks.`` / ``view_blocks.`` read as
+    ``frame_blocks.`` / ``global_blocks.`` (also ``pose_time_blocks.`` / ``pose_view_blocks.``). Only the
+    aggregator's blocks: the track head's own ``updateformer.time_blocks`` keep their name."""
+    return _KEY_ALIASES.sub(
+        lambda m: f"{m.group(1)}{m.group(2) or ''}{'frame' if m.group(3) == 'time' else 'global'}_blocks.", key
+    )
 
 
 def detect_mask_variant(keys: dict[str, Shape]) -> str | None:
@@ -102,8 +114,14 @@ def build_plan(
     recipe: Recipe = "seed",
     mask_head: str | None = None,
     fork_layer: int | None = None,
+    fresh_mask_head: bool = False,
 ) -> Plan:
-    """Plan which source tensor fills each target tensor. Inputs are key -> shape maps only."""
+    """Plan which source tensor fills each target tensor. Inputs are key -> shape maps only.
+
+    Checkpoint keys named with ``time_blocks`` / ``view_blocks`` fill ``frame_blocks`` /
+    ``global_blocks``. ``fresh_mask_head``: the config chose to initialise the mask head fresh
+    (the checkpoint has none), so it is listed as a new module.
+    """
     if recipe not in ("seed", "checkpoint_first"):
         raise ValueError(f"unknown recipe {recipe!r}; use 'seed' or 'checkpoint_first'")
     plan = Plan()
@@ -111,6 +129,8 @@ def build_plan(
     pi_cands: dict[str, Assignment] = {}
 
     if checkpoint is not None:
+        names = {canonical_key(k): k for k in checkpoint}
+        checkpoint = {canonical_key(k): s for k, s in checkpoint.items()}
         variant = detect_mask_variant(checkpoint)
         plan.mask_variant = variant
         if variant and mask_head and variant != mask_head:
@@ -121,17 +141,17 @@ def build_plan(
         for key, shape in checkpoint.items():
             if key in target:
                 if tuple(target[key]) == tuple(shape):
-                    ck_cands[key] = Assignment(key, "checkpoint", key)
+                    ck_cands[key] = Assignment(key, "checkpoint", names[key])
                 else:
-                    plan.skipped.append(Skip("checkpoint", key, f"shape mismatch: checkpoint {list(shape)} vs model {list(target[key])}"))
+                    plan.skipped.append(Skip("checkpoint", names[key], f"shape mismatch: checkpoint {list(shape)} vs model {list(target[key])}"))
             elif key.startswith("aggregator.spatial_mask_head.") and mask_head is None:
-                plan.skipped.append(Skip("checkpoint", key, "mask head in checkpoint but the preset has the mask disabled"))
+                plan.skipped.append(Skip("checkpoint", names[key], "mask head in checkpoint but the preset has the mask disabled"))
             elif key.split(".")[0] in ("track_head", "camera_head", "depth_head", "point_head") and not any(
                 t.startswith(key.split(".")[0] + ".") for t in target
             ):
-                plan.skipped.append(Skip("checkpoint", key, "head disabled in this preset"))
+                plan.skipped.append(Skip("checkpoint", names[key], "head disabled in this preset"))
             else:
-                plan.skipped.append(Skip("checkpoint", key, "unknown key (no such tensor in this model)"))
+                plan.skipped.append(Skip("checkpoint", names[key], "unknown key (no such tensor in this model)"))
 
     if pi3 is not None:
         n_pairs = PI3_BLOCK_PAIRS
@@ -186,7 +206,11 @@ def build_plan(
 
     for tgt in target:
         if tgt not in plan.assignments:
-            plan.left_at_init[tgt] = (
-                "new module (initialised per DESIGN)" if tgt.startswith(NEW_MODULE_PATTERNS) else "no source tensor"
-            )
+            if tgt.startswith(NEW_MODULE_PATTERNS):
+                why = "new module (initialised per DESIGN)"
+            elif fresh_mask_head and tgt.startswith(MASK_PREFIX):
+                why = "new module (the checkpoint has no mask head; fresh mask head)"
+            else:
+                why = "no source tensor"
+            plan.left_at_init[tgt] = why
     return plan

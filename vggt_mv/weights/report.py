@@ -59,6 +59,16 @@ class LoadReport:
     mask_variant: str | None = None
     recipe: str = "seed"
     provenance: dict[str, str] = field(default_factory=dict)  # target key -> "source:key"
+    # what the config fitting chose (vggt_mv.weights.autoconfig) and why
+    mask_head: str | None = None
+    mask_head_reason: str = ""
+    track_head: bool | None = None
+    track_head_reason: str = ""
+
+    def set_choices(self, choices) -> None:
+        """Record a ``ConfigChoices`` (mask-head variant, track head, reasons)."""
+        self.mask_head, self.mask_head_reason = choices.mask_head, choices.mask_reason
+        self.track_head, self.track_head_reason = choices.track_head, choices.track_reason
 
     @classmethod
     def from_plan(cls, plan: Plan, target: dict[str, Shape], sources: dict[str, dict[str, Shape]],
@@ -157,6 +167,8 @@ class LoadReport:
                 "recipe": self.recipe,
                 "files": self.files,
                 "mask_variant": self.mask_variant,
+                "mask_head": {"variant": self.mask_head, "reason": self.mask_head_reason},
+                "track_head": {"enabled": self.track_head, "reason": self.track_head_reason},
                 "modules": [r.__dict__ for r in self.rows],
                 "sources": {k: {**v, "fraction_loaded": round(self.fraction_loaded(k), 6)} for k, v in self.source_totals.items()},
                 "fraction_params_loaded": round(self.fraction_params_loaded(), 6),
@@ -172,6 +184,10 @@ class LoadReport:
         lines += [f"{k}: {v}" for k, v in self.files.items()]
         if self.mask_variant:
             lines.append(f"mask head variant in checkpoint: {self.mask_variant}")
+        if self.mask_head_reason:
+            lines.append(f"mask head used: {self.mask_head or 'none'} ({self.mask_head_reason})")
+        if self.track_head_reason:
+            lines.append(f"track head: {'on' if self.track_head else 'off'} ({self.track_head_reason})")
         w = max([len(r.module) for r in self.rows] + [6])
         lines.append(f"{'module':<{w}}  {'source':<10}  {'layers':<8}  {'tensors':>7}  {'params':>13}")
         for r in sorted(self.rows, key=lambda r: (r.module, r.source)):
