@@ -3,7 +3,7 @@
 The previous run ("A", the ghost) is expressed in its own reference-camera frame, which in general
 differs from the current run's ("B") by a similarity (scale, rotation, translation), so raw
 coordinates cannot be compared. ``compare(prev, cur)`` fits that Sim(3) on the camera rig
-(``vggt_mv.eval.alignment.align_cameras``: Umeyama on camera centres, or a rotation average
+(``vggt_mv.inference.alignment.align_cameras``: Umeyama on camera centres, or a rotation average
 for degenerate rigs) and reports, in the current run's units:
 
 * per-camera translation delta (distance between camera centres after alignment) and rotation
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vggt_mv.eval.alignment import align_cameras, apply_sim3, transform_extrinsic
+from vggt_mv.inference.alignment import align_cameras, apply_sim3, transform_extrinsic
 from vggt_mv.inference.geometry import camera_centers
 from vggt_mv.inference.reconstruction import Reconstruction
 

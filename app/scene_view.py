@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vggt_mv.eval.alignment import align_cameras, transform_extrinsic
+from vggt_mv.inference.alignment import align_cameras, transform_extrinsic
 from vggt_mv.export.viser_scene import (
     CAM_RGB, GHOST_RGB, GT_RGB, ROOT_WXYZ as _ROOT_WXYZ, UP_AXES, cloud_for, frustum_fov_aspect,
     frustum_mesh as _frustum_mesh, frustum_pose, initial_camera, thumb as _thumb, tint_mask,

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("viser")
 pytest.importorskip("gradio")
 
-from vggt_mv.eval.alignment import apply_sim3  # noqa: E402
+from vggt_mv.inference.alignment import apply_sim3  # noqa: E402
 from vggt_mv.eval.synthetic import make_synthetic_reconstruction  # noqa: E402
 from vggt_mv.inference.reconstruction import Reconstruction  # noqa: E402
 from vggt_mv_app import compare as cmp  # noqa: E402
@@ -30,7 +30,7 @@ def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
 
 def _moved(rec: Reconstruction, s: float, rot: np.ndarray, trans: np.ndarray) -> Reconstruction:
     """The same reconstruction expressed in another world (X' = s R X + t)."""
-    from vggt_mv.eval.alignment import transform_extrinsic
+    from vggt_mv.inference.alignment import transform_extrinsic
 
     return Reconstruction(
         images=rec.images, depth=rec.depth * s, depth_conf=rec.depth_conf,

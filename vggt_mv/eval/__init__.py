@@ -1,6 +1,6 @@
-"""Evaluation: Sim(3) alignment, depth / pose / point / mask / rig-jitter metrics."""
+"""Evaluation: depth / pose / point / mask / rig-jitter metrics (Sim(3) alignment re-exported from
+``vggt_mv.inference.alignment``, where window stitching uses it)."""
 
-from vggt_mv.eval.alignment import align_cameras, apply_sim3, transform_extrinsic, umeyama
 from vggt_mv.eval.evaluate import evaluate, flatten_metrics, is_static_rig
 from vggt_mv.eval.metrics import (
     accuracy_completeness,
@@ -14,6 +14,7 @@ from vggt_mv.eval.metrics import (
     relative_pose_errors,
 )
 from vggt_mv.eval.synthetic import make_synthetic_reconstruction
+from vggt_mv.inference.alignment import align_cameras, apply_sim3, transform_extrinsic, umeyama
 
 __all__ = [
     "umeyama", "apply_sim3", "align_cameras", "transform_extrinsic",

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vggt_mv.eval.alignment import align_cameras, apply_sim3
+from vggt_mv.inference.alignment import align_cameras, apply_sim3
 from vggt_mv.eval.metrics import accuracy_completeness, camera_jitter, camera_metrics, depth_metrics, mask_iou
 from vggt_mv.inference.geometry import unproject_depth
 

@@ -7,7 +7,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from vggt_mv.eval.alignment import align_cameras, apply_sim3
+from vggt_mv.inference.alignment import align_cameras, apply_sim3
 from vggt_mv.inference.geometry import camera_centers, closed_form_inverse_se3, rotation_angle_deg
 
 __all__ = [

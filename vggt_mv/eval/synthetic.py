@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggt_mv.eval.alignment import transform_extrinsic
+from vggt_mv.inference.alignment import transform_extrinsic
 from vggt_mv.inference.geometry import camera_centers, pixel_grid, unproject_depth
 
 __all__ = ["look_at_extrinsic", "render_scene", "make_synthetic_reconstruction"]

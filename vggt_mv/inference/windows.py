@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from vggt_mv.eval.alignment import align_cameras, apply_sim3, transform_extrinsic, umeyama
+from vggt_mv.inference.alignment import align_cameras, apply_sim3, transform_extrinsic, umeyama
 from vggt_mv.inference.geometry import camera_centers
 
 __all__ = ["WindowPlan", "plan_windows", "Sim3", "WindowPrediction", "estimate_sim3", "Stitcher", "stitch"]
