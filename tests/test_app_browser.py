@@ -57,6 +57,36 @@ _VISER_ROW = """([label, sel]) => { const l = Array.from(document.querySelectorA
   return n ? n.querySelector(sel) : null; }"""
 
 
+@contextlib.contextmanager
+def running_app(*args: str):
+    """``vggt-mv-app *args`` in a subprocess; yields ``(url, viser_port)`` once it serves; stopped after."""
+    port, vport = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vggt_mv_app.main", "--port", str(port), "--viser-port", str(vport), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    url, lines, t0 = None, [], time.time()
+    while time.time() - t0 < 60:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        m = re.search(r"vggt-mv-app: open (http://\S+)", line)
+        if m:
+            url = m.group(1)
+            break
+    try:
+        if url is None:
+            pytest.fail("app did not start:\n" + "".join(lines[-40:]))
+        yield url, vport
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,31 +100,8 @@ def app_url():
     pytest.importorskip("playwright.sync_api")
     if not (REPO / "assets" / "sample").is_dir():
         pytest.skip("bundled sample not present")
-    port, vport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vggt_mv_app.main", "--port", str(port), "--viser-port", str(vport),
-         "--resolution", "112", "--window", "10", "--overlap", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-    url, lines, t0 = None, [], time.time()
-    while time.time() - t0 < 60:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        m = re.search(r"vggt-mv-app: open (http://\S+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("app did not start:\n" + "".join(lines[-40:]))
-    yield url, vport
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_app("--resolution", "112", "--window", "10", "--overlap", "0") as (url, vport):
+        yield url, vport
 
 
 def _nonbg(img):

@@ -3,17 +3,13 @@ status reports the tracks, and the per-view images the browser shows have the tr
 (the gallery image the page loads is fetched and its pixels at the query points checked)."""
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_app_browser import ARGS, CHROMIUM, REPO, _free_port
+from test_app_browser import ARGS, CHROMIUM, REPO, running_app
 
 pytestmark = pytest.mark.browser
 QUERIES = np.array([[20.0, 30.0], [56.0, 42.0], [90.0, 60.0]], np.float32)
@@ -31,33 +27,10 @@ def app_url(tmp_path_factory):
     d = tmp_path_factory.mktemp("browser_tracks")
     ModelConfig.preset("tiny").replace(enable_track=True).to_json(d / "tiny_track.json")
     np.save(d / "q.npy", QUERIES)
-    port, vport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vggt_mv_app.main", "--port", str(port), "--viser-port", str(vport),
-         "--scene", str(REPO / "assets" / "sample"), "--config", str(d / "tiny_track.json"),
-         "--query-points", str(d / "q.npy"), "--time-bias", "0.5",
-         "--resolution", "112", "--window", "5", "--overlap", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-    url, lines, t0 = None, [], time.time()
-    while time.time() - t0 < 60:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        m = re.search(r"vggt-mv-app: open (http://\S+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("app did not start:\n" + "".join(lines[-40:]))
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_app("--scene", str(REPO / "assets" / "sample"), "--config", str(d / "tiny_track.json"),
+                     "--query-points", str(d / "q.npy"), "--time-bias", "0.5",
+                     "--resolution", "112", "--window", "5", "--overlap", "1") as (url, _):
+        yield url
 
 
 def test_tracks_are_drawn_in_the_page(app_url, tmp_path):
