@@ -318,3 +318,13 @@ def test_other_layouts_and_padding(tmp_path, syn):
     assert torch.all(s2.images[:, 0, :, :14] == 1.0)
     pad = load_scene(vr, resolution=140, mode="pad")
     assert (pad.H, pad.W) == (140, 140)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_preprocess_plan_round_trips_through_its_dict(mode):
+    from vggt_mv.data.preprocess import PreprocessPlan, plan_preprocess
+
+    plan = plan_preprocess(480, 640, mode, 252)
+    plan = plan.padded_to(252, 252) if mode == "pad" else plan
+    again = PreprocessPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan and again.scale_xy == plan.scale_xy

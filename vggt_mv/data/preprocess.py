@@ -63,6 +63,12 @@ class PreprocessPlan:
         """JSON-serialisable description (goes into ``Scene.source``)."""
         return {**asdict(self), "scale_xy": list(self.scale_xy)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessPlan":
+        """The plan ``to_dict`` described (derived entries such as ``scale_xy`` are recomputed)."""
+        return cls(mode=d["mode"], target=d["target"], in_hw=tuple(d["in_hw"]), resized_hw=tuple(d["resized_hw"]),
+                   crop_xy=tuple(d["crop_xy"]), pad_ltrb=tuple(d["pad_ltrb"]), out_hw=tuple(d["out_hw"]))
+
     def padded_to(self, H: int, W: int) -> "PreprocessPlan":
         """Same plan with extra centred padding so the output is ``H x W`` (for stacking views)."""
         h, w = self.out_hw

@@ -25,12 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vggt_mv.export.output import check_output, output_dir, output_file
+from vggt_mv.export.output import check_output, json_manifest_is, output_dir, output_file
 from vggt_mv.export.html_budget import (
     JPEG_QUALITY, MB, SizePlan, plan_size, resize_image, select_points,
 )
 from vggt_mv.export.viser_scene import (
-    CAM_RGB, ROOT_WXYZ, frustum_fov_aspect, frustum_pose, initial_camera, temporary_server, tint_mask,
+    CAM_RGB, ROOT_WXYZ, cloud_for, frustum_fov_aspect, frustum_pose, initial_camera, temporary_server, tint_mask,
     viser_client_path,
 )
 from vggt_mv.inference.reconstruction import Reconstruction
@@ -72,11 +72,7 @@ def is_shared_html(path: Path) -> bool:
 
 def is_share_dir(path: Path) -> bool:
     """A ``format="viser"`` folder written by this exporter (its ``SHARE_MANIFEST``)."""
-    try:
-        with open(path / SHARE_MANIFEST, encoding="utf-8") as handle:
-            return json.load(handle).get("format") == "vggt-mv-share"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return json_manifest_is(path, SHARE_MANIFEST, lambda m: m.get("format") == "vggt-mv-share")
 
 
 def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
@@ -126,20 +122,16 @@ class _Scene:
     def clouds(self, t: int, factor: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per view ``(points [N,3] f32 recentred, colours [N,3] uint8)`` of timestep ``t``."""
         rec = self.rec
-        pts_all = rec.points_from_depth() if self.source == "depth" else rec.world_points
         conf_all = rec.depth_conf if self.source == "depth" else rec.world_points_conf
         conf = np.concatenate([conf_all[t, v][self.keep[t, v]] for v in range(rec.num_views)])
         chosen = np.zeros(len(conf), bool)
         chosen[select_points(conf, factor, seed=t)] = True
         out, start = [], 0
-        for v in range(rec.num_views):
-            sel = self.keep[t, v]
-            n = int(self.counts[t, v])
-            mine = chosen[start:start + n]
-            start += n
-            pts = pts_all[t, v][sel][mine]
-            col = self.image(t, v)[sel][mine]
-            out.append(((pts - self.center).astype(np.float32), np.ascontiguousarray(col, np.uint8)))
+        for v in range(rec.num_views):  # the viewer's clouds, then this timestep's share of `chosen`
+            pts, col = cloud_for(rec, self.keep, t, v, self.source, self.color_by, self.center)
+            mine = chosen[start:start + len(pts)]
+            start += len(pts)
+            out.append((pts[mine], col[mine]))
         return out
 
 

@@ -116,7 +116,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.resolution > args.max_resolution:
             raise ValueError(f"--resolution {args.resolution} is above the ceiling {args.max_resolution} (memory "
                              "grows with its square); use a smaller one or raise --max-resolution")
-    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t"):
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "time_bias"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -135,17 +135,11 @@ def _inputs(args: argparse.Namespace) -> list[str]:
 def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
     """Check --query-points / --epipolar before weights load; returns the previous run for
     ``--epipolar previous`` (else None)."""
-    from vggt_mv.inference.priors import read_query_file
+    from vggt_mv.inference.priors import check_epipolar_layout, read_query_file
 
-    if args.time_bias is not None and not math.isfinite(args.time_bias):
-        raise ValueError(f"--time-bias must be a finite number, got {args.time_bias}")
     if args.query_points:
         read_query_file(args.query_points)
-    if args.epipolar == "off":
-        return None
-    if layout != "factorized" or num_views < 2:
-        raise ValueError(f"--epipolar {args.epipolar} acts on View-SA of the factorized layout with 2+ views; this "
-                         f"run has layout={layout!r} and {num_views} view(s): use --layout factorized or --epipolar off")
+    check_epipolar_layout(args.epipolar, layout, num_views)
     if args.epipolar == "previous":
         if not args.epipolar_from:
             raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")

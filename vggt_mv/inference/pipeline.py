@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from vggt_mv.inference.cache import PipelineCache, weights_fingerprint, window_key
 from vggt_mv.inference.device import autocast_context, select_autocast_dtype, select_device
 from vggt_mv.inference.geometry import unproject_depth
+from vggt_mv.inference.priors import check_epipolar_layout
 from vggt_mv.inference.reconstruction import Reconstruction
 from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, plan_windows
 from vggt_mv.weights.loader import partial_weights_note
@@ -258,9 +259,8 @@ def reconstruct(
     stitcher = Stitcher(T)
     win_meta: list[dict] = []
     tracks = _TrackStitcher(T, V, query_points, model) if query_points is not None else None
-    if epipolar is not None and (layout != "factorized" or V < 2):
-        raise ValueError(f"--epipolar {epipolar.source} acts on View-SA of the factorized layout with 2+ views; this "
-                         f"run has layout={layout!r} and {V} view(s): use --layout factorized or --epipolar off")
+    if epipolar is not None:
+        check_epipolar_layout(epipolar.source, layout, V)
 
     def report(fraction: float, message: str) -> None:
         if progress is not None:

@@ -34,7 +34,7 @@ from vggt_mv.model.epipolar import EpipolarPrior
 
 log = logging.getLogger("vggt_mv.inference")
 
-__all__ = ["load_query_points", "EpipolarCameras", "epipolar_cameras", "EPIPOLAR_MODES"]
+__all__ = ["load_query_points", "EpipolarCameras", "epipolar_cameras", "check_epipolar_layout", "EPIPOLAR_MODES"]
 
 EPIPOLAR_MODES = ("off", "gt", "previous")
 
@@ -45,11 +45,7 @@ def _plan_of(scene: Any, view: int):
     per_view = ((getattr(scene, "source", None) or {}).get("preprocess") or {}).get("per_view") or {}
     name = scene.view_names[view] if getattr(scene, "view_names", None) else None
     d = per_view.get(name)
-    if d is None:
-        return None
-    return PreprocessPlan(mode=d["mode"], target=d["target"], in_hw=tuple(d["in_hw"]),
-                          resized_hw=tuple(d["resized_hw"]), crop_xy=tuple(d["crop_xy"]),
-                          pad_ltrb=tuple(d["pad_ltrb"]), out_hw=tuple(d["out_hw"]))
+    return None if d is None else PreprocessPlan.from_dict(d)
 
 
 def read_query_file(path: str | Path) -> np.ndarray:
@@ -128,6 +124,13 @@ class EpipolarCameras:
         return h.hexdigest()[:32]
 
 
+def check_epipolar_layout(mode: str, layout: str, num_views: int) -> None:
+    """The epipolar prior acts on View-SA of the factorized layout: a one-line error otherwise."""
+    if mode != "off" and (layout != "factorized" or num_views < 2):
+        raise ValueError(f"--epipolar {mode} acts on View-SA of the factorized layout with 2+ views; this run has "
+                         f"layout={layout!r} and {num_views} view(s): use --layout factorized or --epipolar off")
+
+
 def epipolar_cameras(mode: str, scene: Any, previous: Any = None, *, layout: str = "factorized",
                      strength: float = 1.0, band: float = 28.0) -> EpipolarCameras | None:
     """Cameras for ``--epipolar mode`` ("off" -> None; "gt": the scene's ground truth; "previous":
@@ -136,9 +139,7 @@ def epipolar_cameras(mode: str, scene: Any, previous: Any = None, *, layout: str
         raise ValueError(f"--epipolar must be one of {'/'.join(EPIPOLAR_MODES)}, got {mode!r}")
     if mode == "off":
         return None
-    if layout != "factorized" or scene.V < 2:
-        raise ValueError(f"--epipolar {mode} acts on View-SA of the factorized layout with 2+ views; this run has "
-                         f"layout={layout!r} and {scene.V} view(s): use --layout factorized or --epipolar off")
+    check_epipolar_layout(mode, layout, scene.V)
     if mode == "gt":
         gt = getattr(scene, "gt", None)
         if gt is None or gt.intrinsic is None or gt.extrinsic is None:

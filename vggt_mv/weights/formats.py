@@ -126,16 +126,22 @@ def _detect_kind(path: Path, keys: list[str]) -> Kind:
     )
 
 
-def _read_safetensors_index(path: Path) -> tuple[dict, dict]:
+def _safetensors_header(path: Path) -> tuple[dict | None, int]:
+    """The parsed JSON header of a ``.safetensors`` file (None if it is not JSON) and its length."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         if n > size - 8:
             raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has {size}; truncated?")
         try:
-            header = json.loads(f.read(n))
+            return json.loads(f.read(n)), n
         except ValueError:
-            header = None
+            return None, n
+
+
+def _read_safetensors_index(path: Path) -> tuple[dict, dict]:
+    size = path.stat().st_size
+    header, n = _safetensors_header(path)
     if not isinstance(header, dict) or not all(
             isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= set(v) for k, v in header.items()
             if k != "__metadata__"):
@@ -183,15 +189,11 @@ def _unwrap(path: Path, obj) -> tuple[dict[str, torch.Tensor], str | None, str |
 
 def embedded_config(path: str | Path) -> dict | None:
     """The model config a vggt-mv ``.safetensors`` carries in its header (``vggt_mv_config``), else None."""
-    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > path.stat().st_size - 8:
-                return None
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        header, _ = _safetensors_header(Path(path))
+        meta = header.get("__metadata__") or {}
         return json.loads(meta["vggt_mv_config"]) if "vggt_mv_config" in meta else None
-    except (OSError, ValueError, KeyError, struct.error, AttributeError):
+    except (OSError, ValueError, struct.error, AttributeError):  # CheckpointError is a ValueError
         return None
 
 

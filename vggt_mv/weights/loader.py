@@ -173,11 +173,9 @@ def is_merged_weights(path: Path) -> bool:
 
 
 def _is_merged_manifest(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"config", "provenance"} <= set(data)
+    from vggt_mv.export.output import json_manifest_is
+
+    return json_manifest_is(path.parent, path.name, lambda m: {"config", "provenance"} <= set(m))
 
 
 def check_merged_target(path: str | os.PathLike, inputs=()) -> Path:
