@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_sparse_attention import NS, _block, _tokens
+from test_sparse_attention import NS, _block, _memory_bank_reference, _tokens
 from vggt_mv.config import ModelConfig
 from vggt_mv.layers import LowRankBias
 from vggt_mv.layers.sparse_attention import sparse_global_block
@@ -65,11 +65,8 @@ def _memory_bank_with_dense_bias(block, x, pos, memory, bias: LowRankBias):
     flat = x.reshape(b, -1, c)
     pos_all = pos.repeat(ni, 1)[None].expand(b, -1, -1)
     q, k, val = block.attn.project(block.norm1(flat), pos_all)
-    mem = memory.expand(b, -1, -1)
-    zeros = torch.zeros(b, mem.shape[1], 2, dtype=pos.dtype)
-    qm, _, _ = block.attn.project(block.norm1(mem), zeros)
-    att = (qm @ k.transpose(-1, -2) * qm.shape[-1] ** -0.5).softmax(-1) @ val
-    mem2 = mem + block.ls1(block.attn.out(att))
+    _, mem2 = _memory_bank_reference(block, x, pos, memory)  # the gather step, as in test_sparse_attention
+    zeros = torch.zeros(b, mem2.shape[1], 2, dtype=pos.dtype)
     _, km, vm = block.attn.project(block.norm1(mem2), zeros)
     dense = bias.dense()  # [B, N, N]
     outs = []
