@@ -5,20 +5,28 @@
   (VGGT weights 1 / 1 / 0.5);
 * depth and points: confidence-weighted regression ``c * ||pred - gt|| - alpha * log(c)`` on
   valid pixels, plus a multi-scale gradient term on the error (also confidence weighted);
-* dynamic mask: BCE between the model's per-patch ``dynamic_mask`` probability (clamped) and the
-  fraction of dynamic pixels per patch;
+* dynamic mask: BCE-with-logits between the mask head's own logit of P(dynamic)
+  (``dynamic_logit``, before fusion with an external mask, so feeding the GT mask as external input
+  cannot satisfy it through ``external_gain``) and the fraction of dynamic pixels per patch (GT or
+  external masks, e.g. SegAnyMo); samples with ``mask_valid`` False are skipped;
+* cross-view (``cross_view``): the self-supervised depth consistency of
+  :mod:`vggt_mv.train.cross_view` through the predicted cameras, on clips without GT depth (or on
+  all with ``cross_view_on="all"``);
 * optional View-SA correspondence term (``corr``, :mod:`vggt_mv.train.correspondence`), added by the
   trainer because it needs the attention blocks' inputs.
 
 Shapes follow the model's 6-D outputs: ``pose_enc_list [N,B,T,V,9]``, ``depth [B,T,V,H,W,1]``,
-``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_mask [B,T,V,h,w]``.
+``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_logit [B,T,V,h,w]``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from vggt_mv.train.cross_view import cross_view_loss
 
 
 @dataclass
@@ -39,11 +47,18 @@ class LossConfig:
     camera_loss_type: str = "l1"  # "l1" | "huber"
     huber_delta: float = 0.1
     max_error: float = 100.0    # per-pixel error clamp against outliers
-    mask_eps: float = 1e-4
     mask_pos_weight: float = 3.0  # dynamic patches are ~5-10 %: favour recall (IoU at 0.5)
     corr: float = 0.0           # View-SA correspondence supervision (0 = off)
     corr_layers: list[int] = field(default_factory=lambda: [1, 2])
     corr_head: int = 0          # the attention head that is supervised
+    cross_view: float = 1.0     # self-supervised cross-view depth consistency
+    cross_view_on: str = "no-gt"  # "no-gt": clips without GT depth only; "all": every clip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossConfig":
+        """From a saved config; fields of older versions that no longer exist are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _pose_term(pred: torch.Tensor, gt: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -122,18 +137,19 @@ def gradient_loss(
     return total / scales
 
 
-def mask_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-4, pos_weight: float = 1.0) -> torch.Tensor:
-    """BCE of the dynamic probability ``[B,T,V,h,w]`` (clamped to ``[eps, 1-eps]``) vs the target fraction."""
-    p = prob.clamp(eps, 1.0 - eps)
-    t = target.to(p.dtype)
-    return -(pos_weight * t * torch.log(p) + (1.0 - t) * torch.log1p(-p)).mean()
+def mask_loss(logit: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """BCE-with-logits of the logit of P(dynamic) ``[B,T,V,h,w]`` vs the target fraction (same shape)."""
+    logit = logit.float()
+    return F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype),
+                                              pos_weight=logit.new_tensor(pos_weight))
 
 
 def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig | None = None) -> dict[str, torch.Tensor]:
     """All terms for model outputs ``out`` and a :mod:`vggt_mv.train.data` batch; ``"loss"`` is the total.
 
     Other keys: ``camera`` (+ ``cam_T/cam_R/cam_FL``), ``depth`` (``depth_reg``, ``depth_grad``,
-    ``depth_err``), ``point`` (``point_reg``, ``point_grad``, ``point_err``), ``mask``.
+    ``depth_err``), ``point`` (``point_reg``, ``point_grad``, ``point_err``), ``mask``,
+    ``cross_view`` (+ ``cross_view_px``, the pixels it compared).
     """
     cfg = cfg or LossConfig()
     terms: dict[str, torch.Tensor] = {}
@@ -151,8 +167,23 @@ def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         terms[f"{name}_reg"], terms[f"{name}_grad"], terms[f"{name}_err"] = reg, grad, err.detach()
         terms[name] = reg + cfg.grad * grad
         total = total + getattr(cfg, name) * terms[name]
-    if "dynamic_mask" in out and cfg.mask > 0:
-        terms["mask"] = mask_loss(out["dynamic_mask"], batch["dynamic_mask_patch"], cfg.mask_eps, cfg.mask_pos_weight)
-        total = total + cfg.mask * terms["mask"]
+    if "dynamic_logit" in out and cfg.mask > 0:
+        logit, target = out["dynamic_logit"], batch["dynamic_mask_patch"]
+        if "mask_valid" in batch:  # [B]: samples that have a GT or external mask
+            logit, target = logit[batch["mask_valid"]], target[batch["mask_valid"]]
+        if logit.numel():
+            terms["mask"] = mask_loss(logit, target, cfg.mask_pos_weight)
+            total = total + cfg.mask * terms["mask"]
+    if cfg.cross_view > 0 and "depth" in out and "extrinsic" in out:
+        if cfg.cross_view_on not in ("no-gt", "all"):
+            raise ValueError(f"cross_view_on must be 'no-gt' or 'all', got {cfg.cross_view_on!r}")
+        use = torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
+        if cfg.cross_view_on == "no-gt":
+            use = ~valid.flatten(1).any(1)
+        if bool(use.any()) and out["depth"].shape[2] > 1:
+            cv, px = cross_view_loss(out["depth"][use, ..., 0].float(), out["extrinsic"][use].float(),
+                                     out["intrinsic"][use].float())
+            terms["cross_view"], terms["cross_view_px"] = cv, px
+            total = total + cfg.cross_view * cv
     terms["loss"] = total  # type: ignore[assignment]
     return terms
