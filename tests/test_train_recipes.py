@@ -131,7 +131,7 @@ def test_cross_view_has_a_gradient_into_depth_and_cameras(gt_views):
     depth = (depth * 1.05).requires_grad_()  # a slightly wrong prediction
     ext = _rotate_view(ext, 1, 1.0).requires_grad_()
     loss, _ = cross_view_loss(depth, ext, intr)
-    loss.backward()
+    loss.sum().backward()
     assert float(depth.grad.abs().sum()) > 0 and float(ext.grad[:, :, 1].abs().sum()) > 0
 
 
@@ -146,6 +146,25 @@ def test_cross_view_applies_to_clips_without_gt_depth_only_by_default(batch):
     terms = compute_losses(out, no_gt, LossConfig())
     assert float(terms["cross_view"]) > 0 and float(terms["cross_view_px"]) > 0
     assert "cross_view" in compute_losses(out, batch, LossConfig(cross_view_on="all"))
+
+
+def test_a_batch_loss_is_the_mean_of_its_samples_losses():
+    """What makes DDP/FSDP gradient averaging over equal-size batches equal one process on the union."""
+    from vggt_mv.weights.loader import load_model
+
+    model, _ = load_model("tiny", checkpoint=DEMO_WEIGHTS)
+    b = SyntheticDynamicDataset(T, V, 56, 84, seed=5, ext_mask_prob=0.5).batch(2)
+    b["valid"][1, :, :, :20] = False  # different valid counts per sample
+    b["mask_valid"] = torch.tensor([True, False])
+    with torch.no_grad():
+        out = model(b["images"])
+    cfg = LossConfig(cross_view_on="all")
+    whole = compute_losses(out, b, cfg)
+    parts = [compute_losses({k: v[i:i + 1] if k != "pose_enc_list" else v[:, i:i + 1] for k, v in out.items()},
+                            {k: v[i:i + 1] for k, v in b.items()}, cfg) for i in range(2)]
+    for key in ("loss", "camera", "depth", "point", "mask", "cross_view", "depth_grad"):
+        assert float(whole[key]) == pytest.approx((float(parts[0][key]) + float(parts[1][key])) / 2, rel=1e-5), key
+    assert float(parts[1]["mask"]) == 0.0  # no mask: no mask loss for that sample
 
 
 # ---------------------------------------------------------------------------------------- recipes

@@ -33,8 +33,9 @@ def cross_view_loss(depth: torch.Tensor, extrinsic: torch.Tensor, intrinsic: tor
     """depth ``[B,T,V,H,W]`` (> 0 where ``valid``), extrinsic (world->camera, OpenCV) ``[B,T,V,3,4]``,
     intrinsic ``[B,T,V,3,3]`` in pixels, valid ``[B,T,V,H,W]`` bool (default: depth > 0).
 
-    Returns ``(loss, count)``: the mean log-depth error over compared pixels (0 when none) and how
-    many pixels were compared (a detached float). Vectorised over all pairs: memory ``O(B T V^2 H W)``.
+    Returns ``(loss [B], count [B])`` per sample: the mean log-depth error over compared pixels (0
+    when none) and how many pixels were compared (detached). Vectorised over all pairs: memory
+    ``O(B T V^2 H W)``.
     """
     b, t, v, h, w = depth.shape
     if valid is None:
@@ -79,6 +80,6 @@ def cross_view_loss(depth: torch.Tensor, extrinsic: torch.Tensor, intrinsic: tor
     other = ~torch.eye(v, dtype=torch.bool, device=depth.device)[None, None, :, :, None]
     use = visible & other & valid.reshape(b, t, v, 1, h * w)
     err = (torch.log(z_safe) - torch.log(d_b)).abs()
-    count = use.sum()
-    loss = torch.where(use, err, torch.zeros_like(err)).sum() / count.clamp_min(1)
+    count = use.flatten(1).sum(1)
+    loss = torch.where(use, err, torch.zeros_like(err)).flatten(1).sum(1) / count.clamp_min(1)
     return loss, count.detach().to(depth.dtype)

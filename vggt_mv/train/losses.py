@@ -93,19 +93,30 @@ def camera_loss(pose_enc_list: torch.Tensor, gt_pose_enc: torch.Tensor, cfg: Los
     return out
 
 
+def sample_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean per sample, then the plain mean over samples: ``[B, ...]`` -> scalar.
+
+    Each sample weighs ``1/B`` whatever its number of valid pixels (0 when it has none), so the
+    loss of a batch is the mean of its samples' losses: two ranks' equal-size batches average to
+    the loss of their union (DDP / FSDP gradient averaging equals one process on the union).
+    """
+    dims = tuple(range(1, values.dim()))
+    per = (values * weights).sum(dims) / weights.sum(dims).clamp_min(1.0)
+    return per.mean()
+
+
 def conf_regression_loss(
     pred: torch.Tensor, gt: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor, alpha: float, max_error: float = 100.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VGGT's confidence-aware regression on valid pixels.
 
-    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> (``mean(c*e - alpha*log c)``,
-    unweighted ``mean(e)``) with ``e = ||pred - gt||_2`` clamped to ``max_error``.
+    pred/gt ``[B, ..., H, W, C]``, conf/valid ``[B, ..., H, W]`` -> (``mean(c*e - alpha*log c)``,
+    unweighted ``mean(e)``) with ``e = ||pred - gt||_2`` clamped to ``max_error``, per sample
+    (:func:`sample_mean`).
     """
     err = (pred - gt).norm(dim=-1).clamp(max=max_error)
     v = valid.to(err.dtype)
-    count = v.sum().clamp_min(1.0)
-    loss = ((conf * err - alpha * torch.log(conf)) * v).sum() / count
-    return loss, (err * v).sum() / count
+    return sample_mean(conf * err - alpha * torch.log(conf), v), sample_mean(err, v)
 
 
 def gradient_loss(
@@ -114,8 +125,8 @@ def gradient_loss(
     """Multi-scale gradient matching of the error ``d = pred - gt``.
 
     At stride ``s = 2^k`` (k < ``scales``): ``|d(x+s) - d(x)|`` summed over channels along x and y,
-    on pairs whose two pixels are valid, weighted by the mean confidence of the pair.
-    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> scalar.
+    on pairs whose two pixels are valid, weighted by the mean confidence of the pair, per sample.
+    pred/gt ``[B, ..., H, W, C]``, conf/valid ``[B, ..., H, W]`` -> scalar.
     """
     diff = pred - gt
     total = pred.new_zeros(())
@@ -131,17 +142,23 @@ def gradient_loss(
             cd = dim + 1  # the same axis on the [..., H, W] tensors
             pair = m.narrow(cd, 1, n - 1) * m.narrow(cd, 0, n - 1)
             cw = 0.5 * (c.narrow(cd, 1, n - 1) + c.narrow(cd, 0, n - 1))
-            parts.append((g * cw * pair).sum() / pair.sum().clamp_min(1.0))
+            parts.append(sample_mean(g * cw, pair))
         if parts:
             total = total + sum(parts) / len(parts)
     return total / scales
 
 
-def mask_loss(logit: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
-    """BCE-with-logits of the logit of P(dynamic) ``[B,T,V,h,w]`` vs the target fraction (same shape)."""
+def mask_loss(logit: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0,
+              has_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE-with-logits of the logit of P(dynamic) ``[B,T,V,h,w]`` vs the target fraction (same
+    shape), per sample; samples with ``has_mask [B]`` False count as 0."""
     logit = logit.float()
-    return F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype),
-                                              pos_weight=logit.new_tensor(pos_weight))
+    bce = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype), reduction="none",
+                                             pos_weight=logit.new_tensor(pos_weight))
+    weights = torch.ones_like(bce)
+    if has_mask is not None:
+        weights = weights * has_mask.to(bce.dtype).reshape(-1, *[1] * (bce.dim() - 1))
+    return sample_mean(bce, weights)
 
 
 def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig | None = None) -> dict[str, torch.Tensor]:
@@ -167,13 +184,10 @@ def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         terms[f"{name}_reg"], terms[f"{name}_grad"], terms[f"{name}_err"] = reg, grad, err.detach()
         terms[name] = reg + cfg.grad * grad
         total = total + getattr(cfg, name) * terms[name]
-    if "dynamic_logit" in out and cfg.mask > 0:
-        logit, target = out["dynamic_logit"], batch["dynamic_mask_patch"]
-        if "mask_valid" in batch:  # [B]: samples that have a GT or external mask
-            logit, target = logit[batch["mask_valid"]], target[batch["mask_valid"]]
-        if logit.numel():
-            terms["mask"] = mask_loss(logit, target, cfg.mask_pos_weight)
-            total = total + cfg.mask * terms["mask"]
+    if "dynamic_logit" in out and cfg.mask > 0:  # mask_valid [B]: samples with a GT or external mask
+        terms["mask"] = mask_loss(out["dynamic_logit"], batch["dynamic_mask_patch"], cfg.mask_pos_weight,
+                                  batch.get("mask_valid"))
+        total = total + cfg.mask * terms["mask"]
     if cfg.cross_view > 0 and "depth" in out and "extrinsic" in out:
         if cfg.cross_view_on not in ("no-gt", "all"):
             raise ValueError(f"cross_view_on must be 'no-gt' or 'all', got {cfg.cross_view_on!r}")
@@ -181,9 +195,11 @@ def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         if cfg.cross_view_on == "no-gt":
             use = ~valid.flatten(1).any(1)
         if bool(use.any()) and out["depth"].shape[2] > 1:
-            cv, px = cross_view_loss(out["depth"][use, ..., 0].float(), out["extrinsic"][use].float(),
-                                     out["intrinsic"][use].float())
-            terms["cross_view"], terms["cross_view_px"] = cv, px
-            total = total + cfg.cross_view * cv
+            cv, px = cross_view_loss(out["depth"][..., 0].float(), out["extrinsic"].float(),
+                                     out["intrinsic"].float())
+            # per sample, mean over the batch (samples it does not apply to count as 0)
+            terms["cross_view"] = (cv * use).sum() / use.numel()
+            terms["cross_view_px"] = (px * use).sum()
+            total = total + cfg.cross_view * terms["cross_view"]
     terms["loss"] = total  # type: ignore[assignment]
     return terms
