@@ -64,7 +64,9 @@ def _open_member(path: Path, name: str) -> np.ndarray:
                 start = info.header_offset + 30 + n_name + n_extra
                 f.seek(start)
                 version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
                 offset = f.tell()
             if dtype.hasobject:
                 raise ValueError(f"{path}: member {name} holds Python objects; store plain arrays")
