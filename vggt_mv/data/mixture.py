@@ -102,18 +102,27 @@ class MixtureData:
     def _eligible(self, src: DataSource, T: int, V: int) -> list[SequenceReader]:
         return [s for s in src.sequences if s.num_frames >= T and s.num_views >= V]
 
+    def _choose_source(self, rng: np.random.Generator, T: int, V: int) -> int:
+        ok = [i for i, s in enumerate(self.sources) if s.procedural or self._eligible(s, T, V)]
+        if not ok:
+            raise ValueError(f"no --data source has a sequence with >= {T} frames and >= {V} views; "
+                             "lower --timesteps / --views")
+        p = self.probs[ok] / self.probs[ok].sum()
+        return ok[int(rng.choice(len(ok), p=p))]
+
+    def source_index(self, seed: int, step: int, rank: int, index: int) -> int:
+        """Which source sample ``index`` of ``(seed, step, rank)`` comes from (what :meth:`sample`
+        draws first, without decoding anything)."""
+        T, V, _, _ = self.batch_shape(seed, step, rank)
+        return self._choose_source(_rng(seed, step, rank, index + 2), T, V)
+
     def sample(self, seed: int, step: int, rank: int, index: int,
                shape: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
         """Sample ``index`` of the batch of ``(seed, step, rank)`` (normalised GT, see
         :mod:`vggt_mv.data.normalize`; plus ``ext_masks``, ``ext_mask_on``, ``has_mask``, ``source``)."""
         T, V, H, W = shape or self.batch_shape(seed, step, rank)
         rng = _rng(seed, step, rank, index + 2)
-        ok = [i for i, s in enumerate(self.sources) if s.procedural or self._eligible(s, T, V)]
-        if not ok:
-            raise ValueError(f"no --data source has a sequence with >= {T} frames and >= {V} views; "
-                             "lower --timesteps / --views")
-        p = self.probs[ok] / self.probs[ok].sum()
-        si = ok[int(rng.choice(len(ok), p=p))]
+        si = self._choose_source(rng, T, V)
         out = self._draw(self.sources[si], rng, T, V, H, W, what=f"--data {self.sources[si].spec}")
         out["source"] = torch.tensor(si, dtype=torch.long)
         return out

@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-weight", type=float, default=d.loss.mask, help="dynamic-mask BCE weight")
     p.add_argument("--mask-pos-weight", type=float, default=d.loss.mask_pos_weight,
                    help="BCE weight of dynamic patches (default: %(default)s)")
+    p.add_argument("--data", action="append", default=[], metavar="[FORMAT:]PATH[@W]",
+                   help="training data (repeatable, weight W, default 1): dump, mvtracker_npz, dexycb, kubric_mv, "
+                        "panoptic (auto-detected) or synthetic; default: procedural scenes")
+    p.add_argument("--val-data", action="append", default=[], metavar="[FORMAT:]PATH",
+                   help="validation sequences (repeatable); never trained on, even if also under --data")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
@@ -133,10 +138,14 @@ def run(args: argparse.Namespace) -> int:
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
             init=args.init, device=args.device, workers=args.workers,
+            data=list(args.data), val_data=list(args.val_data),
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
             loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
                             corr=args.corr_weight, corr_layers=args.corr_layers),
         )
+        if cfg.data:  # open every source before the model is built: a bad spec fails in a second
+            from vggt_mv.train.trainer import mixture_for
+            mixture_for(cfg)
         trainer = Trainer(cfg, out)
     summary = trainer.fit(progress=not args.no_progress)
     print(json.dumps({"out": str(out), "step": trainer.step, **summary,
