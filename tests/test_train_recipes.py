@@ -155,7 +155,7 @@ def test_a_batch_loss_is_the_mean_of_its_samples_losses():
     model, _ = load_model("tiny", checkpoint=DEMO_WEIGHTS)
     b = SyntheticDynamicDataset(T, V, 56, 84, seed=5, ext_mask_prob=0.5).batch(2)
     b["valid"][1, :, :, :20] = False  # different valid counts per sample
-    b["mask_valid"] = torch.tensor([True, False])
+    b["has_mask"] = torch.tensor([True, False])
     with torch.no_grad():
         out = model(b["images"])
     cfg = LossConfig(cross_view_on="all")

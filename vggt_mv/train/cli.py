@@ -125,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="clips it applies to: those without GT depth, or all (default: %(default)s)")
     p.add_argument("--mask-pos-weight", type=float, default=d.loss.mask_pos_weight,
                    help="BCE weight of dynamic patches (default: %(default)s)")
+    p.add_argument("--data", action="append", default=[], metavar="[FORMAT:]PATH[@W]",
+                   help="training data (repeatable, weight W, default 1): dump, mvtracker_npz, dexycb, kubric_mv, "
+                        "panoptic (auto-detected) or synthetic; default: procedural scenes")
+    p.add_argument("--val-data", action="append", default=[], metavar="[FORMAT:]PATH",
+                   help="validation sequences (repeatable); never trained on, even if also under --data")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
@@ -161,12 +166,15 @@ def run(args: argparse.Namespace) -> int:
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
             init=args.init, init_pi3=args.pi3, train_recipe=args.train_recipe, rules=args.rules,
-            device=args.device, workers=args.workers,
+            device=args.device, workers=args.workers, data=list(args.data), val_data=list(args.val_data),
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
             loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
                             corr=args.corr_weight, corr_layers=args.corr_layers,
                             cross_view=args.cross_view_weight, cross_view_on=args.cross_view_on),
         )
+        if cfg.data:  # open every source before the model is built: a bad spec fails in a second
+            from vggt_mv.train.trainer import mixture_for
+            mixture_for(cfg)
         trainer = Trainer(cfg, out)
     print(format_table(trainer.trainable_rows()), file=sys.stderr)
     summary = trainer.fit(progress=not args.no_progress)

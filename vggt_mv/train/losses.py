@@ -8,7 +8,7 @@
 * dynamic mask: BCE-with-logits between the mask head's own logit of P(dynamic)
   (``dynamic_logit``, before fusion with an external mask, so feeding the GT mask as external input
   cannot satisfy it through ``external_gain``) and the fraction of dynamic pixels per patch (GT or
-  external masks, e.g. SegAnyMo); samples with ``mask_valid`` False are skipped;
+  external masks, e.g. SegAnyMo); samples with ``has_mask`` False are skipped;
 * cross-view (``cross_view``): the self-supervised depth consistency of
   :mod:`vggt_mv.train.cross_view` through the predicted cameras, on clips without GT depth (or on
   all with ``cross_view_on="all"``);
@@ -184,9 +184,9 @@ def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         terms[f"{name}_reg"], terms[f"{name}_grad"], terms[f"{name}_err"] = reg, grad, err.detach()
         terms[name] = reg + cfg.grad * grad
         total = total + getattr(cfg, name) * terms[name]
-    if "dynamic_logit" in out and cfg.mask > 0:  # mask_valid [B]: samples with a GT or external mask
+    if "dynamic_logit" in out and cfg.mask > 0:  # has_mask [B]: samples with a GT or external mask
         terms["mask"] = mask_loss(out["dynamic_logit"], batch["dynamic_mask_patch"], cfg.mask_pos_weight,
-                                  batch.get("mask_valid"))
+                                  batch.get("has_mask"))
         total = total + cfg.mask * terms["mask"]
     if cfg.cross_view > 0 and "depth" in out and "extrinsic" in out:
         if cfg.cross_view_on not in ("no-gt", "all"):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vggt_mv.config import ModelConfig
+from vggt_mv.data.mixture import ClipConfig, MixtureData, MixtureStream
 from vggt_mv.export.atomic import atomic_file
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
@@ -69,6 +70,9 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     val_every: int = 250             # 0 disables validation
+    data: list[str] = field(default_factory=list)      # --data specs; empty: procedural scenes
+    val_data: list[str] = field(default_factory=list)  # --val-data specs (held-out sequences)
+    max_stride: int = 3              # --data clips: time stride drawn in [1, max_stride]
     loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,8 +149,25 @@ def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) 
     return res
 
 
-def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset:
-    """The scene stream of ``cfg`` seeded with ``seed``."""
+_MIXTURES: dict[str, MixtureData] = {}
+
+
+def mixture_for(cfg: TrainConfig) -> MixtureData:
+    """The ``--data`` mixture of ``cfg`` (opened once per process: listings only)."""
+    key = json.dumps([cfg.data, cfg.val_data, cfg.to_dict()], sort_keys=True, default=str)
+    if key not in _MIXTURES:
+        sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
+        clip = ClipConfig(timesteps=(cfg.timesteps, cfg.max_timesteps or cfg.timesteps),
+                          views=(2, max(2, cfg.views)), sizes=sizes, max_stride=cfg.max_stride,
+                          ext_mask_prob=cfg.ext_mask_prob, arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1])))
+        _MIXTURES[key] = MixtureData(cfg.data or ["synthetic"], clip, cfg.val_data)
+    return _MIXTURES[key]
+
+
+def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset | MixtureStream:
+    """The scene stream of ``cfg`` seeded with ``seed`` (the ``--data`` mixture when given)."""
+    if cfg.data:
+        return MixtureStream(mixture_for(cfg), seed)
     sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
     return SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width, seed=seed,
                                    ext_mask_prob=cfg.ext_mask_prob, sizes=sizes, max_T=cfg.max_timesteps,
@@ -157,6 +178,8 @@ def batch_for_step(cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
     """The batch of ``step`` when ``cfg.workers > 0``: drawn from its own generator seeded with
     ``(cfg.seed, step)``, so batches can be rendered in any process and order and a resumed run
     sees the same ones."""
+    if cfg.data:
+        return mixture_for(cfg).batch_at(cfg.seed, step, cfg.batch_size)
     seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
     return make_dataset(cfg, seed).batch(cfg.batch_size)
 
@@ -296,7 +319,8 @@ class Trainer:
         first training size and ``timesteps``."""
         if self._val is None:
             c = self.cfg
-            self._val = validation_batch(c.timesteps, c.views, c.height, c.width)
+            self._val = (mixture_for(c).validation_batch() if c.val_data else None) \
+                or validation_batch(c.timesteps, c.views, c.height, c.width)
         self.model.eval()
         outs, metrics = [], []
         for i in range(self._val["images"].shape[0]):
