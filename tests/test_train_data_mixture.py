@@ -106,12 +106,12 @@ def test_split_by_sequence(tmp_path):
 
 
 def test_train_cli_on_dump_and_synthetic_with_workers(tmp_path, capsys):
-    from vggt_mv.train.trainer import TrainConfig, Trainer, batch_for_step
+    from vggt_mv.train.batches import batch_for_step, batches
+    from vggt_mv.train.config import TrainConfig
 
     cfg = TrainConfig(steps=2, batch_size=1, timesteps=2, views=2, height=42, width=56, threads=1,
                       data=[f"dump:{SAMPLE}", "synthetic"], val_data=["synthetic"], val_every=2, log_every=1)
-    tr = Trainer(cfg)
-    first = tr.data.batch(1)
+    first = next(batches(cfg, 0))
     assert torch.equal(first["images"], batch_for_step(cfg, 0)["images"])  # worker batches = in-process ones
     from vggt_mv.cli import main
 
@@ -120,9 +120,9 @@ def test_train_cli_on_dump_and_synthetic_with_workers(tmp_path, capsys):
             "--threads", "1", "--workers", "1", "--no-progress", "--data", f"dump:{SAMPLE}@1",
             "--data", "synthetic@1", "--val-data", "synthetic", "--val-every", "2"]
     assert main(args) == 0
-    log = json.loads((out / "train_log.json").read_text())
-    assert log["train_config"]["data"] == [f"dump:{SAMPLE}@1", "synthetic@1"]
-    assert "val_loss" in log["history"][-1] and (out / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["train_config"]["data"] == [f"dump:{SAMPLE}@1", "synthetic@1"]
+    assert "val_loss" in records[-2] and (out / "model.safetensors").is_file()
     capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "bad"), "--steps", "1", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

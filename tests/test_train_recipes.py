@@ -251,3 +251,22 @@ def test_init_leaves_new_modules_at_init_only_when_they_train(tmp_path):
     heads_plus = [parse_rule("aggregator.spatial_mask_head.*", True).__dict__,
                   parse_rule("aggregator.mask_bias.*", True).__dict__]
     Trainer(small_cfg(init=str(path), train_recipe="heads", rules=heads_plus))
+
+
+# ---------------------------------------------------------------------------------------- fine-tuning
+@pytest.fixture(scope="module")
+def sample_clip() -> dict[str, torch.Tensor]:
+    """One fixed clip of the bundled sample read through the dump-layout reader (2 timesteps x 3 views)."""
+    from vggt_mv.data.mixture import ClipConfig, MixtureData
+
+    clip = ClipConfig(timesteps=(2, 2), views=(3, 3), sizes=[(56, 70)], ext_mask_prob=0.0)
+    return MixtureData(["dump:assets/sample"], clip).batch_at(seed=0, step=0, batch_size=1)
+
+
+@pytest.mark.parametrize("recipe", ["page4d", "stage1", "heads", "all"])
+def test_finetuning_the_demo_weights_on_one_clip_lowers_the_loss(sample_clip, recipe):
+    cfg = small_cfg(init=DEMO_WEIGHTS, train_recipe=recipe, steps=30, warmup=0, lr=2e-4)
+    tr = Trainer(cfg)
+    losses = [tr.train_step(sample_clip)["loss"] for _ in range(30)]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first, (recipe, losses)

@@ -75,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(c for c in (args.command, getattr(args, "weights_command", None)) if c)
         print(f"vggt-mv {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a training run that diverged: every rank stops at the same step
+        if debug_enabled(args):
+            import traceback
+
+            traceback.print_exc()
+        from vggt_mv import distributed
+
+        if distributed.is_main_process():
+            print(f"vggt-mv {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -65,9 +65,19 @@ def is_result_dir(path: Path) -> bool:
 
 
 def is_train_run(path: Path) -> bool:
-    """A folder written by ``vggt-mv train`` (its ``train_log.json``)."""
-    return path.is_dir() and json_manifest_is(
-        path, "train_log.json", lambda m: "train_config" in m and "model_config" in m)
+    """A folder written by ``vggt-mv train``: its ``log.jsonl`` starts with the run record (or, from
+    older versions, its ``train_log.json``)."""
+    if not path.is_dir():
+        return False
+    log = path / "log.jsonl"
+    if log.is_file() and not log.is_symlink():
+        try:
+            with open(log, encoding="utf-8") as f:
+                first = json.loads(f.readline())
+        except (OSError, ValueError):
+            return False
+        return isinstance(first, dict) and first.get("kind") == "run" and "train_config" in first
+    return json_manifest_is(path, "train_log.json", lambda m: "train_config" in m and "model_config" in m)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -274,6 +284,12 @@ def _swap_in(tmp: Path, target: Path, token: str) -> None:
         _remove(old)
     else:
         os.rename(tmp, target)
+
+
+def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete folder ``tmp`` at ``target`` atomically (a previous ``target`` is removed
+    afterwards); for folders several processes wrote together (sharded checkpoints)."""
+    _swap_in(Path(tmp), Path(target), secrets.token_hex(4))
 
 
 @contextlib.contextmanager

@@ -1,9 +1,11 @@
-"""``vggt-mv train``: train a (tiny) VGGT-MV on procedural multi-camera dynamic scenes.
+"""``vggt-mv train``: train VGGT-MV on procedural scenes or real multi-camera data (``--data``), in
+one process or across GPUs and machines with ``torchrun -m vggt_mv train`` (DDP or FSDP2).
 
-Writes ``OUT/checkpoint.pt`` every ``--ckpt-every`` steps, ``OUT/train_log.json`` every
-``--log-every`` steps and, at the end, ``OUT/model.safetensors`` (+ ``model.json``) via
-``save_merged``. ``--resume`` continues from ``OUT/checkpoint.pt`` with its saved settings
-(``--steps`` may extend the run).
+Writes ``OUT/checkpoint.pt`` (sharded ``OUT/checkpoint/`` with ``--strategy fsdp``) every
+``--ckpt-every`` steps, ``OUT/log.jsonl`` (the run record, then one record per ``--log-every``
+steps) and, at the end, ``OUT/model.safetensors`` (+ ``model.json``) via ``save_merged``.
+``--resume`` continues from the checkpoint with its saved settings (``--steps`` may extend the run;
+same world size). Under torchrun only rank 0 prints and writes logs.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from vggt_mv.export.output import check_output, is_train_run
 from vggt_mv.train.losses import LossConfig
 from vggt_mv.train.recipes import RECIPES, format_table, parse_rule
 from vggt_mv.weights.hub import parse_weights_ref
-from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
+from vggt_mv.train.checkpoint import CHECKPOINT_NAME, SHARDED_NAME, find_checkpoint
+from vggt_mv.train.parallel import PRECISIONS, STRATEGIES
+from vggt_mv.train.trainer import TrainConfig, Trainer
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -101,10 +105,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timesteps", type=_timesteps, default=(d.timesteps, d.timesteps),
                    help="timesteps per scene, or a range lo-hi drawn per step (default: 4)")
     p.add_argument("--batch", type=int, default=d.batch_size, help="scenes per step (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads per process (default: {d.threads}; under torchrun OMP_NUM_THREADS)")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="processes rendering training scenes; 0 = in the training process (default: %(default)s)")
+    p.add_argument("--strategy", choices=("auto",) + STRATEGIES, default=d.strategy,
+                   help="data parallelism: auto = ddp under torchrun, none alone; fsdp shards parameters, "
+                        "gradients and optimizer state (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU (default: %(default)s)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing of the aggregator blocks: less memory, more compute")
+    p.add_argument("--accum", type=int, default=d.accum,
+                   help="micro-batches of --batch per optimizer step (gradient accumulation; default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -138,46 +152,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``vggt-mv train``; returns the exit code."""
+    """Entry point of ``vggt-mv train`` (also each torchrun rank's); returns the exit code."""
+    from vggt_mv import distributed
+
     if args.steps <= 0:
         raise ValueError("--steps must be positive")
-    for name in ("views", "batch", "threads", "log_every", "ckpt_every"):
+    for name in ("views", "batch", "log_every", "ckpt_every", "accum"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.threads is not None and args.threads <= 0:
+        raise ValueError("--threads must be positive")
+    threads = args.threads or (None if distributed.under_torchrun() else TrainConfig.threads)
     out: Path = args.out
-    ckpt = out / CHECKPOINT_NAME
+    found = find_checkpoint(out)
     if args.resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        trainer = Trainer.resume(ckpt, out, steps=args.steps)
-        print(f"resuming {ckpt} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint at {out / CHECKPOINT_NAME} or {out / SHARDED_NAME}/")
     else:
         local = [w for w in (args.init, args.pi3) if w and parse_weights_ref(w) is None]
-        check_output(out, kind="dir", inputs=local,
-                     is_ours=is_train_run)
-        if ckpt.exists():
-            raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
-        (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]
-        t_lo, t_hi = args.timesteps
-        cfg = TrainConfig(
-            preset=args.preset, steps=args.steps, lr=args.lr, warmup=min(args.warmup, args.steps),
-            weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
-            timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
-            height=h, width=w, extra_sizes=extra,
-            ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
-            init=args.init, init_pi3=args.pi3, train_recipe=args.train_recipe, rules=args.rules,
-            device=args.device, workers=args.workers, data=list(args.data), val_data=list(args.val_data),
-            log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
-            loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
-                            corr=args.corr_weight, corr_layers=args.corr_layers,
-                            cross_view=args.cross_view_weight, cross_view_on=args.cross_view_on),
-        )
-        if cfg.data:  # open every source before the model is built: a bad spec fails in a second
-            from vggt_mv.train.trainer import mixture_for
-            mixture_for(cfg)
-        trainer = Trainer(cfg, out)
-    print(format_table(trainer.trainable_rows()), file=sys.stderr)
-    summary = trainer.fit(progress=not args.no_progress)
-    print(json.dumps({"out": str(out), "step": trainer.step, **summary,
-                      "lambdas": trainer.model.lambdas()}, indent=1))
+        check_output(out, kind="dir", inputs=local, is_ours=is_train_run)
+        if found is not None:
+            raise ValueError(f"{found} exists; pass --resume to continue it or choose another --out")
+    env = distributed.init_from_env(args.device)
+    distributed.quiet_other_ranks()
+    say = print if env.is_main else (lambda *a, **k: None)
+    try:
+        if args.resume:
+            if threads:
+                import torch
+                torch.set_num_threads(threads)
+            trainer = Trainer.resume(found, out, steps=args.steps, env=env)
+            say(f"resuming {found} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
+        else:
+            (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]
+            t_lo, t_hi = args.timesteps
+            cfg = TrainConfig(
+                preset=args.preset, steps=args.steps, lr=args.lr, warmup=min(args.warmup, args.steps),
+                weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
+                timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
+                height=h, width=w, extra_sizes=extra,
+                ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=threads,
+                init=args.init, init_pi3=args.pi3, train_recipe=args.train_recipe, rules=args.rules,
+                device=str(env.device) if env.distributed else args.device, workers=args.workers,
+                data=list(args.data), val_data=list(args.val_data),
+                strategy=args.strategy, precision=args.precision, checkpointing=args.checkpointing, accum=args.accum,
+                log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
+                loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
+                                corr=args.corr_weight, corr_layers=args.corr_layers,
+                                cross_view=args.cross_view_weight, cross_view_on=args.cross_view_on),
+            )
+            if cfg.data:  # open every source before the model is built: a bad spec fails in a second
+                from vggt_mv.train.batches import mixture_for
+                mixture_for(cfg)
+            trainer = Trainer(cfg, out, env=env)
+        say(format_table(trainer.trainable_rows()), file=sys.stderr)
+        summary = trainer.fit(progress=not args.no_progress)
+        say(json.dumps({"out": str(out), "step": trainer.step, "world_size": trainer.parallel.world_size,
+                        "strategy": trainer.parallel.strategy, **summary, "lambdas": trainer.model.lambdas()}, indent=1))
+    finally:
+        distributed.shutdown()
     return 0

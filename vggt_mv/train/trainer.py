@@ -1,101 +1,43 @@
-"""Training loop for VGGT-MV on procedural scenes: AdamW, warm-up + cosine, atomic checkpoints,
-exact resumption, tqdm progress, JSON log, quick validation on fixed held-out scenes.
+"""Training loop: AdamW, warm-up + cosine, what trains by recipe, one process or many (DDP / FSDP2
+through :mod:`vggt_mv.train.parallel`), gradient accumulation, exact resumption, rank-0 logging.
 
-Reproducibility: model init comes from ``torch.manual_seed(seed)``; all data randomness from the
-dataset's numpy generator (seeded with ``seed``). A checkpoint holds model, optimizer, step, the
-dataset generator and torch's RNG state, so resuming gives bit-identical parameters to an
-uninterrupted run (same thread count).
+Reproducibility: model init comes from ``torch.manual_seed(seed)`` (the same on every rank); each
+step's batch and torch RNG are pure functions of ``(seed, step, rank)``
+(:mod:`vggt_mv.train.batches`), so a checkpoint needs only model, optimizer and step to resume to
+bit-identical parameters (same world size and thread count).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import pickle
 import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.distributed as dist
 
 from vggt_mv.config import ModelConfig
-from vggt_mv.data.mixture import ClipConfig, MixtureData, MixtureStream
-from vggt_mv.export.atomic import atomic_file
+from vggt_mv.distributed import DistEnv
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
+from vggt_mv.train import checkpoint
+from vggt_mv.train.batches import batch_for_step, batches, mixture_for, step_seed
+from vggt_mv.train.checkpoint import CHECKPOINT_NAME
+from vggt_mv.train.config import TrainConfig, lr_at
 from vggt_mv.train.correspondence import capture_view_inputs, correspondence_loss, patch_correspondences
-from vggt_mv.train.data import SceneSampling, SyntheticDynamicDataset, validation_batch
-from vggt_mv.train.losses import LossConfig, compute_losses
-from vggt_mv.train.recipes import Rule, format_table, module_key, recipe_rules, select, set_train_mode, trainable_table
+from vggt_mv.train.data import validation_batch
+from vggt_mv.train.losses import compute_losses
+from vggt_mv.train.parallel import DataParallel, apply_activation_checkpointing, autocast_dtype, peak_memory_bytes
+from vggt_mv.train.recipes import Rule, module_key, select, set_train_mode, trainable_table
+from vggt_mv.train.run_log import RunLog
 
-CHECKPOINT_NAME = "checkpoint.pt"
+__all__ = ["TrainConfig", "Trainer", "lr_at", "param_groups", "quick_metrics", "batch_for_step",
+           "CHECKPOINT_NAME", "WEIGHTS_NAME"]
+
 WEIGHTS_NAME = "model.safetensors"
-LOG_NAME = "train_log.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on (saved in checkpoints and the JSON log)."""
-
-    preset: str = "tiny"
-    steps: int = 2000
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.05       # cosine decays to lr * min_lr_ratio
-    warmup: int = 100
-    weight_decay: float = 0.05
-    lambda_lr_mult: float = 10.0     # scalar lambdas / fusion gains: faster lr, no weight decay
-    grad_clip: float = 1.0
-    batch_size: int = 1
-    timesteps: int = 4
-    max_timesteps: int | None = None  # T drawn per step in [timesteps, max_timesteps]
-    views: int = 3
-    height: int = 126
-    width: int = 168
-    extra_sizes: list[list[int]] = field(default_factory=list)  # more (H, W) drawn per step
-    ext_mask_prob: float = 0.25
-    arc_deg: list[float] = field(default_factory=lambda: [40.0, 80.0])  # camera-rig arc range
-    seed: int = 0
-    init: str | None = None          # weights to start from (anything load_model takes as checkpoint)
-    init_pi3: str | None = None      # + Pi3 weights, combined with ``init`` by the seed recipe
-    train_recipe: str = "all"        # what trains (vggt_mv.train.recipes)
-    rules: list[dict[str, Any]] = field(default_factory=list)  # --trainable/--frozen after the recipe
-    threads: int = 2
-    device: str = "cpu"              # "cpu", "cuda" (or "cuda:N"); data is always made on the CPU
-    workers: int = 0                 # >0: render batches in that many processes (see batch_for_step)
-    log_every: int = 10
-    ckpt_every: int = 100
-    val_every: int = 250             # 0 disables validation
-    data: list[str] = field(default_factory=list)      # --data specs; empty: procedural scenes
-    val_data: list[str] = field(default_factory=list)  # --val-data specs (held-out sequences)
-    max_stride: int = 3              # --data clips: time stride drawn in [1, max_stride]
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["loss"] = LossConfig.from_dict(d.get("loss", {}))
-        return cls(**d)
-
-    def training_rules(self, model_config: ModelConfig) -> list[Rule]:
-        """The recipe's rules followed by the ``--trainable`` / ``--frozen`` ones."""
-        return recipe_rules(self.train_recipe, model_config) + [Rule(**r) for r in self.rules]
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for (0-based) ``step``: linear warm-up to ``lr``, then cosine to ``lr * min_lr_ratio``."""
-    if cfg.warmup > 0 and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    span = max(1, cfg.steps - cfg.warmup)
-    prog = min(1.0, (step - cfg.warmup) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+#: test hook "RANK:STEP": that rank's loss is made non-finite at that (1-based) step
+_TEST_NAN_AT = "VGGT_MV_TEST_NAN_AT"
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig, lrs: dict[str, float | None]) -> list[dict[str, Any]]:
@@ -149,75 +91,30 @@ def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) 
     return res
 
 
-_MIXTURES: dict[str, MixtureData] = {}
-
-
-def mixture_for(cfg: TrainConfig) -> MixtureData:
-    """The ``--data`` mixture of ``cfg`` (opened once per process: listings only)."""
-    key = json.dumps([cfg.data, cfg.val_data, cfg.to_dict()], sort_keys=True, default=str)
-    if key not in _MIXTURES:
-        sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
-        clip = ClipConfig(timesteps=(cfg.timesteps, cfg.max_timesteps or cfg.timesteps),
-                          views=(2, max(2, cfg.views)), sizes=sizes, max_stride=cfg.max_stride,
-                          ext_mask_prob=cfg.ext_mask_prob, arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1])))
-        _MIXTURES[key] = MixtureData(cfg.data or ["synthetic"], clip, cfg.val_data)
-    return _MIXTURES[key]
-
-
-def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset | MixtureStream:
-    """The scene stream of ``cfg`` seeded with ``seed`` (the ``--data`` mixture when given)."""
-    if cfg.data:
-        return MixtureStream(mixture_for(cfg), seed)
-    sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
-    return SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width, seed=seed,
-                                   ext_mask_prob=cfg.ext_mask_prob, sizes=sizes, max_T=cfg.max_timesteps,
-                                   sampling=SceneSampling(arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1]))))
-
-
-def batch_for_step(cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
-    """The batch of ``step`` when ``cfg.workers > 0``: drawn from its own generator seeded with
-    ``(cfg.seed, step)``, so batches can be rendered in any process and order and a resumed run
-    sees the same ones."""
-    if cfg.data:
-        return mixture_for(cfg).batch_at(cfg.seed, step, cfg.batch_size)
-    seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
-    return make_dataset(cfg, seed).batch(cfg.batch_size)
-
-
-def _worker_batch(args: tuple[dict[str, Any], int]) -> dict[str, torch.Tensor]:
-    torch.set_num_threads(1)
-    return batch_for_step(TrainConfig.from_dict(args[0]), args[1])
-
-
-def prefetched_batches(cfg: TrainConfig, start: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of steps ``start .. cfg.steps - 1`` in order, rendered by ``cfg.workers`` spawned
-    processes at most two per worker ahead (bounded memory); closing the generator stops the pool."""
-    import multiprocessing as mp
-
-    spec = cfg.to_dict()
-    with mp.get_context("spawn").Pool(cfg.workers) as pool:
-        pending: deque = deque()
-        nxt = start
-        while True:
-            while len(pending) < 2 * cfg.workers and nxt < cfg.steps:
-                pending.append(pool.apply_async(_worker_batch, ((spec, nxt),)))
-                nxt += 1
-            if not pending:
-                return
-            yield pending.popleft().get()
-
-
 class Trainer:
-    """Owns model, optimizer and data stream of one run; ``out_dir`` receives checkpoints and logs."""
+    """Owns model, optimizer and data of one run (one rank of it); ``out_dir`` receives checkpoints
+    and the log. ``env``: this process's place in a torchrun world (default: a single process)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike | None = None,
-                 model_config: ModelConfig | None = None) -> None:
-        self.cfg = cfg
+                 model_config: ModelConfig | None = None, env: DistEnv | None = None) -> None:
+        self.env = env or DistEnv()
+        strategy = cfg.strategy if cfg.strategy != "auto" else ("ddp" if self.env.distributed else "none")
+        if self.env.distributed and strategy == "none":
+            raise ValueError(f"--strategy none with {self.env.world_size} ranks would train "
+                             f"{self.env.world_size} separate copies; use --strategy ddp or fsdp")
+        if strategy == "fsdp" and cfg.loss.corr > 0:
+            raise ValueError("--corr-weight with --strategy fsdp: the View-SA correspondence loss calls block "
+                             "layers outside the block's forward, which FSDP2 cannot gather; use --strategy ddp")
+        self.cfg = dataclasses.replace(cfg, strategy=strategy)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        torch.set_num_threads(max(1, cfg.threads))
+        if cfg.threads:
+            torch.set_num_threads(max(1, cfg.threads))
         torch.manual_seed(cfg.seed)
         self.model_config = model_config or ModelConfig.preset(cfg.preset)
-        self.device = torch.device(cfg.device)
+        if strategy == "fsdp" and self.model_config.sparse.strategy != "none":
+            raise ValueError(f"sparse strategy {self.model_config.sparse.strategy!r} with --strategy fsdp: sparse "
+                             "layers call block layers outside the block's forward; use --strategy ddp")
+        self.device = self.env.device if self.env.distributed else torch.device(cfg.device)
         rules = cfg.training_rules(self.model_config)
         if cfg.init or cfg.init_pi3:
             self.model = self._load_init(rules)
@@ -227,11 +124,19 @@ class Trainer:
         self.trained_lrs = select(self.model, rules)
         self.model.to(self.device)
         set_train_mode(self.model)
+        if cfg.checkpointing:
+            apply_activation_checkpointing(self.model)
+        self.parallel = DataParallel(self.model, strategy, self.env)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg, self.trained_lrs), lr=cfg.lr, betas=(0.9, 0.95))
-        self.data = make_dataset(cfg, cfg.seed)
+        self.autocast = autocast_dtype(cfg.precision, self.device)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._val: dict[str, torch.Tensor] | None = None
+        self.log = RunLog(self.out_dir, enabled=self.is_main)
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
 
     def _load_init(self, rules: list[Rule]) -> VGGTMV:
         """The model with ``cfg.init`` (+ ``cfg.init_pi3``, seed recipe) loaded strictly: every tensor
@@ -262,14 +167,17 @@ class Trainer:
         """Model outputs and loss terms for a batch (external masks only where the batch enables them).
 
         With ``loss.corr > 0`` the View-SA inputs of ``loss.corr_layers`` are captured during the
-        forward and the correspondence term is added (key ``corr``).
+        forward and the correspondence term is added (key ``corr``). The forward runs under the
+        run's autocast; the losses in float32.
         """
         lc = self.cfg.loss
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         ext = batch["ext_masks"] if bool(batch["ext_mask_on"].any()) else None
         layers = lc.corr_layers if lc.corr > 0 and batch["images"].shape[2] > 1 else []
-        with capture_view_inputs(self.model.aggregator, layers) as captured:
-            out = self.model(batch["images"], ext_masks=ext)
+        with capture_view_inputs(self.model.aggregator, layers) as captured, \
+                torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            out = self.parallel.module(batch["images"], ext_masks=ext)
+        out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
         terms = compute_losses(out, batch, lc)
         if captured:
             key, ok = patch_correspondences(batch, self.model_config.patch_size)
@@ -281,23 +189,47 @@ class Trainer:
         return out, terms
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns the float loss terms, lr, grad norm and lambdas."""
-        lr = lr_at(self.step, self.cfg)
+        """One optimizer step on ``batch`` (``cfg.accum`` micro-batches along its first dimension);
+        returns this rank's float loss terms (averaged over micro-batches), lr, gradient norms and λ.
+
+        A loss that is not finite on any rank stops every rank before its backward with
+        ``FloatingPointError`` naming the rank(s) and step (no rank is left waiting in a collective).
+        """
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr / self.cfg.lr
+            g["lr"] = g["base_lr"] * lr / cfg.lr
         set_train_mode(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        _, terms = self.forward_losses(batch)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.env.rank))
+        n = batch["images"].shape[0]
+        if n % cfg.accum:
+            raise ValueError(f"a batch of {n} does not split into --accum {cfg.accum} micro-batches")
+        size = n // cfg.accum
+        rec: dict[str, float] = {}
+        for i in range(cfg.accum):
+            micro = {k: v[i * size:(i + 1) * size] for k, v in batch.items()}
+            with self.parallel.gradient_sync(i == cfg.accum - 1):
+                _, terms = self.forward_losses(micro)
+                loss = terms["loss"]
+                if os.environ.get(_TEST_NAN_AT) == f"{self.env.rank}:{self.step + 1}":
+                    loss = loss * float("nan")
+                bad = self.parallel.nonfinite_ranks(loss)
+                if bad:
+                    where = "rank " + ", ".join(map(str, bad)) if self.parallel.world_size > 1 else "this run"
+                    raise FloatingPointError(
+                        f"non-finite loss at step {self.step + 1} on {where} "
+                        f"({', '.join(f'{k}={float(v):.3g}' for k, v in terms.items())}); lower --lr or check the data")
+                (loss / cfg.accum).backward()
+            for k, v in terms.items():
+                rec[k] = rec.get(k, 0.0) + float(v.detach()) / cfg.accum
+        self.parallel.reduce_ignored_grads()
         lam_grads = self.lambda_grads()
+        norms = self.parallel.clip_gradients(cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        rec = {k: float(v.detach()) for k, v in terms.items()}
-        rec.update(step=self.step, lr=lr, grad_norm=float(gnorm))
+        rec.update(step=self.step, lr=lr, grad_norm=sum(v * v for v in norms.values()) ** 0.5)
+        rec.update({f"grad_norm_{k}": v for k, v in norms.items()})
         rec.update(self.model.lambdas())
         rec.update({f"grad_{k}": v for k, v in lam_grads.items()})
         mb = getattr(self.model.aggregator, "mask_bias", None)
@@ -315,8 +247,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss terms and :func:`quick_metrics` on two fixed held-out scenes (seeds 100, 101) at the
-        first training size and ``timesteps``."""
+        """Loss terms and :func:`quick_metrics` on two fixed held-out clips (``--val-data``, else
+        procedural scenes of seeds 100, 101) at the first training size (every rank runs it)."""
         if self._val is None:
             c = self.cfg
             self._val = (mixture_for(c).validation_batch() if c.val_data else None) \
@@ -334,98 +266,92 @@ class Trainer:
         return res
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.data.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "train_config": self.cfg.to_dict(),
-            "model_config": self.model_config.to_dict(),
-            "history": self.history,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.data.load_state_dict(state["data"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-
-    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Atomically write the full training state (default ``out_dir/checkpoint.pt``)."""
-        p = Path(path) if path is not None else self._out(CHECKPOINT_NAME)
-        with atomic_file(p) as f:
-            torch.save(self.state_dict(), f)
-        return p
+    def save_checkpoint(self) -> Path:
+        """Write the resumable state into ``out_dir`` (every rank calls this; see :mod:`.checkpoint`)."""
+        if self.out_dir is None:
+            raise ValueError("this trainer has no out_dir")
+        return checkpoint.save(self)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-               steps: int | None = None) -> "Trainer":
-        """A trainer restored from a checkpoint; ``steps`` may extend the run (changes the cosine)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise ValueError(f"--resume: {path} cannot be read as a vggt-mv training checkpoint with "
-                             f"weights_only=True ({first}); start a new run with another --out") from None
-        if not isinstance(state, dict) or not {"model", "optimizer", "train_config", "model_config"} <= set(state):
-            raise ValueError(f"--resume: {path} is not a vggt-mv training checkpoint (missing keys); "
-                             "start a new run with another --out")
-        cfg = TrainConfig.from_dict(state["train_config"])
+               steps: int | None = None, env: DistEnv | None = None) -> "Trainer":
+        """A trainer restored from a checkpoint (``checkpoint.pt`` or a sharded ``checkpoint/``);
+        ``steps`` may extend the run (changes the cosine). Same world size and strategy only."""
+        path = Path(path)
+        meta = checkpoint.read_meta(path)
+        cfg = TrainConfig.from_dict(meta["train_config"])
+        env = env or DistEnv()
+        checkpoint.check_world(meta, path, env.world_size if env.distributed else 1, cfg.strategy)
         if steps is not None:
             cfg.steps = int(steps)
         # the checkpoint already holds the weights: do not re-read cfg.init (it may have moved)
-        trainer = cls(dataclasses.replace(cfg, init=None, init_pi3=None), out_dir, ModelConfig.from_dict(state["model_config"]))
+        trainer = cls(dataclasses.replace(cfg, init=None, init_pi3=None), out_dir,
+                      ModelConfig.from_dict(meta["model_config"]), env)
         trainer.cfg = cfg
-        trainer.load_state_dict(state)
+        checkpoint.load(trainer, path, meta)
         return trainer
 
-    def _out(self, name: str) -> Path:
-        if self.out_dir is None:
-            raise ValueError("this trainer has no out_dir; pass a path explicitly")
-        return self.out_dir / name
+    def run_record(self) -> dict[str, Any]:
+        """The first record of ``log.jsonl``."""
+        return {"train_config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
+                "world_size": self.parallel.world_size, "strategy": self.parallel.strategy,
+                "trainable": self.trainable_rows()}
 
-    def write_log(self, extra: dict[str, Any] | None = None) -> Path:
-        """``out_dir/train_log.json``: configs, history of logged steps, ``extra`` (e.g. timings)."""
-        log = {"train_config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
-               "trainable": self.trainable_rows(), "step": self.step, "history": self.history, **(extra or {})}
-        p = self._out(LOG_NAME)
-        with atomic_file(p, "w") as f:
-            f.write(json.dumps(log, indent=1))
-        return p
-
-    def save_weights(self) -> Path:
-        """``out_dir/model.safetensors`` (+ ``.json`` manifest) via ``save_merged``."""
+    def save_weights(self) -> Path | None:
+        """``out_dir/model.safetensors`` (+ ``.json`` manifest, config in the header) via
+        ``save_merged``, written by rank 0 (under FSDP every rank takes part in gathering it)."""
         from vggt_mv.weights.loader import save_merged
 
-        self.model.eval()
-        try:
-            return save_merged(self.model.cpu(), self._out(WEIGHTS_NAME))
-        finally:
-            self.model.to(self.device)
+        if self.out_dir is None:
+            raise ValueError("this trainer has no out_dir")
+        path = self.out_dir / WEIGHTS_NAME
+        if self.parallel.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.is_main:
+                plain = VGGTMV(self.model_config)
+                plain.load_state_dict(full)
+                save_merged(plain.eval(), path)
+        elif self.is_main:
+            plain = VGGTMV(self.model_config)
+            plain.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            save_merged(plain.eval(), path)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        return path if self.is_main else None
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress: bool = True) -> dict[str, Any]:
-        """Train from ``self.step`` to ``cfg.steps``; checkpoints/logs go to ``out_dir`` if set.
+    def _mean_over_ranks(self, row: dict[str, float]) -> dict[str, float]:
+        """Each key's mean over the ranks that have it (one small all-gather on logging steps)."""
+        if self.parallel.world_size == 1:
+            return row
+        rows: list[dict[str, float]] = [{} for _ in range(self.parallel.world_size)]
+        dist.all_gather_object(rows, row)
+        keys = {k for r in rows for k in r}
+        return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in keys}
 
-        Logged rows average the terms over ``log_every`` steps. Returns a summary with
-        ``sec_per_step`` (wall time of the steps run here, data generation included).
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        """Train from ``self.step`` to ``cfg.steps``; checkpoints / log go to ``out_dir`` if set.
+
+        Logged records average the terms over ``log_every`` steps and over ranks, with lr, λ,
+        images/s (all ranks) and this rank's peak memory. Returns a summary with ``sec_per_step``.
         """
         from tqdm import tqdm
 
         cfg = self.cfg
+        self.log.start(self.run_record(), resume_step=self.step if self.step else None)
         t0, n0 = time.perf_counter(), self.step
+        t_log, n_images = t0, 0
         acc: dict[str, float] = {}
         n_acc = 0
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True, desc="train")
-        batches = prefetched_batches(cfg, self.step) if cfg.workers > 0 else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and self.is_main),
+                   dynamic_ncols=True, desc="train")
+        stream = batches(cfg, self.step, self.env.rank)
         try:
-            while self.step < cfg.steps:
-                batch = next(batches) if batches is not None else self.data.batch(cfg.batch_size)
+            for batch in stream:
                 rec = self.train_step(batch)
+                n_images += batch["images"].shape[0] * batch["images"].shape[1] * batch["images"].shape[2]
                 for k, v in rec.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
@@ -433,25 +359,29 @@ class Trainer:
                 bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("loss", "camera", "depth", "point", "mask", "lambda_pose", "lambda_geo") if k in rec})
                 last = self.step == cfg.steps
                 if self.step % cfg.log_every == 0 or last:
+                    now = time.perf_counter()
                     row = {k: v / n_acc for k, v in acc.items()}
-                    row.update(step=self.step, lr=rec["lr"], sec_per_step=(time.perf_counter() - t0) / max(1, self.step - n0))
+                    row.update(images_per_s=n_images / max(now - t_log, 1e-9),
+                               peak_memory_mb=peak_memory_bytes(self.device) / 2**20)
+                    row = self._mean_over_ranks(row)
+                    row["images_per_s"] *= self.parallel.world_size
+                    row.update(step=self.step, lr=rec["lr"], sec_per_step=(now - t0) / max(1, self.step - n0))
                     if cfg.val_every and (self.step % cfg.val_every == 0 or last):
                         row.update(self.validate())
                         bar.write(" ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("val_")))
                     self.history.append(row)
-                    acc, n_acc = {}, 0
-                    if self.out_dir is not None:
-                        self.write_log()
+                    self.log.append({"kind": "step", **row})
+                    acc, n_acc, t_log, n_images = {}, 0, time.perf_counter(), 0
                 if self.out_dir is not None and (self.step % cfg.ckpt_every == 0 or last):
                     self.save_checkpoint()
         finally:
             bar.close()
-            if batches is not None:
-                batches.close()
+            stream.close()
         elapsed = time.perf_counter() - t0
         summary = {"steps_run": self.step - n0, "seconds": elapsed,
                    "sec_per_step": elapsed / max(1, self.step - n0)}
         if self.out_dir is not None:
             self.save_weights()
-            self.write_log({"summary": summary})
+            self.log.append({"kind": "summary", "step": self.step, **summary})
+        self.log.close()
         return summary
