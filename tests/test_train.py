@@ -240,3 +240,26 @@ def test_worker_batches_are_determined_by_the_step(tmp_path):
     tr = Trainer(cfg, tmp_path / "w")
     summary = tr.fit(progress=False)  # batches rendered by 2 spawned processes
     assert tr.step == 2 and summary["steps_run"] == 2 and (tmp_path / "w" / "model.safetensors").is_file()
+
+
+def test_run_log_resume_drops_records_past_the_checkpoint(tmp_path):
+    from vggt_mv.train.run_log import RunLog, read_log
+
+    log = RunLog(tmp_path, tensorboard=False)
+    log.start({"train_config": {}, "world_size": 1})
+    for step in (1, 2, 3, 4):
+        log.append({"kind": "step", "step": step, "loss": float(step)})
+    RunLog(tmp_path, tensorboard=False).start({"train_config": {}}, resume_step=2)  # resumed from step 2
+    assert [(r["kind"], r.get("step")) for r in read_log(tmp_path / "log.jsonl")] == [("run", None), ("step", 1), ("step", 2)]
+    assert RunLog(tmp_path, enabled=False).path is None  # ranks other than 0 write nothing
+
+
+def test_run_log_writes_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from vggt_mv.train.run_log import RunLog
+
+    log = RunLog(tmp_path)
+    log.start({"train_config": {}})
+    log.append({"kind": "step", "step": 1, "loss": 0.5})
+    log.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
