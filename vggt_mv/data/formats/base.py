@@ -13,6 +13,7 @@ only the requested ``(frames, views)`` of one sequence (lazy: a clip, never a wh
 """
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,18 @@ class SequenceReader(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, frames={self.num_frames}, "
                 f"views={self.num_views})")
+
+
+_VIEW_DIR = re.compile(r"^view_\d+$")
+
+
+def view_folders(path: Path) -> list[Path]:
+    """The ``view_N`` (``view_XX``) sub-folders of ``path`` in natural order ([] if none)."""
+    from vggt_mv.data import io
+
+    if not path.is_dir():
+        return []
+    return io.natural_sorted([p for p in path.iterdir() if p.is_dir() and _VIEW_DIR.match(p.name)])
 
 
 def stack_clip(per_view: list[dict[str, np.ndarray | None]], where: Path) -> Clip:

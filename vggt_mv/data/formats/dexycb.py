@@ -15,29 +15,22 @@ source.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .. import io
-from .base import Clip, SequenceReader, stack_clip, to_unit_float
+from .base import Clip, SequenceReader, stack_clip, to_unit_float, view_folders
 
 FORMAT = "dexycb"
 PARAMS = "intrinsics_extrinsics.npz"
 MM = 1000.0
-_VIEW = re.compile(r"^view_\d+$")
 
-
-def _views(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return []
-    return io.natural_sorted([p for p in path.iterdir() if p.is_dir() and _VIEW.match(p.name)])
 
 
 def is_sequence(path: Path) -> bool:
-    views = _views(path)
+    views = view_folders(path)
     return bool(views) and (views[0] / PARAMS).is_file() and (views[0] / "rgb").is_dir()
 
 
@@ -65,7 +58,7 @@ class DexYCBSequence(SequenceReader):
 
     def __init__(self, seq: Path) -> None:
         self.rgb, self.depth, self.mask, self.K, self.E = [], [], [], [], []
-        for vd in _views(seq):
+        for vd in view_folders(seq):
             params = vd / PARAMS
             if not params.is_file():
                 raise ValueError(f"dexycb view {vd} lacks {PARAMS} (intrinsics, extrinsics world→camera)")
@@ -87,7 +80,7 @@ class DexYCBSequence(SequenceReader):
         counts = {len(r) for r in self.rgb}
         if len(counts) > 1:
             raise ValueError(f"dexycb {seq}: views have different frame counts {sorted(counts)}")
-        super().__init__(seq, seq.name, counts.pop(), [vd.name for vd in _views(seq)])
+        super().__init__(seq, seq.name, counts.pop(), [vd.name for vd in view_folders(seq)])
         self.has_depth = all(d is not None for d in self.depth)
         self.has_masks = all(m is not None for m in self.mask)
 

@@ -27,28 +27,21 @@ segmentation ids need the instance table; MV-Kubric training has none to give P(
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .. import io
-from .base import Clip, SequenceReader, clean_depth, ray_distance_to_z, stack_clip, to_unit_float
+from .base import Clip, SequenceReader, clean_depth, ray_distance_to_z, stack_clip, to_unit_float, view_folders
 
 FORMAT = "kubric_mv"
-_VIEW = re.compile(r"^view_\d+$")
 GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
-def _views(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return []
-    return io.natural_sorted([p for p in path.iterdir() if p.is_dir() and _VIEW.match(p.name)])
-
 
 def is_sequence(path: Path) -> bool:
-    views = _views(path)
+    views = view_folders(path)
     return bool(views) and (views[0] / "metadata.json").is_file() and any(views[0].glob("rgba_*.png"))
 
 
@@ -82,7 +75,7 @@ class KubricSequence(SequenceReader):
 
     def __init__(self, scene: Path) -> None:
         self.rgb, self.depth, self.K, self.E = [], [], [], []
-        for vd in _views(scene):
+        for vd in view_folders(scene):
             meta_file = vd / "metadata.json"
             try:
                 meta = json.loads(meta_file.read_text())
@@ -106,7 +99,7 @@ class KubricSequence(SequenceReader):
         counts = {len(r) for r in self.rgb}
         if len(counts) != 1:
             raise ValueError(f"kubric_mv {scene}: views have different frame counts {sorted(counts)}")
-        super().__init__(scene, scene.name, counts.pop(), [vd.name for vd in _views(scene)])
+        super().__init__(scene, scene.name, counts.pop(), [vd.name for vd in view_folders(scene)])
 
     def _read_distance(self, path: Path) -> np.ndarray:
         from PIL import Image
