@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import torch
 
 __all__ = ["DistEnv", "DEFAULT_TIMEOUT_S", "BACKEND", "Terminated", "under_torchrun", "env_rank", "timeout_s",
-           "init_from_env", "shutdown", "is_main_process", "quiet_other_ranks", "rank_prefix", "on_sigterm",
+           "init_from_env", "backend", "shutdown", "is_main_process", "quiet_other_ranks", "rank_prefix", "on_sigterm",
            "wait_for", "current"]
 
 log = logging.getLogger("vggt_mv.distributed")
@@ -39,8 +39,15 @@ log = logging.getLogger("vggt_mv.distributed")
 #: default collective timeout in seconds (override with VGGT_MV_DIST_TIMEOUT)
 DEFAULT_TIMEOUT_S = 1800.0
 TIMEOUT_ENV = "VGGT_MV_DIST_TIMEOUT"
-#: one process group for both kinds of tensors
+#: one process group for both kinds of tensors (``cpu:gloo`` alone on a torch built without NCCL)
 BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def backend() -> str:
+    """:data:`BACKEND`, or ``cpu:gloo`` when this torch has no NCCL (CPU-only builds)."""
+    import torch.distributed as dist
+
+    return BACKEND if dist.is_nccl_available() else "cpu:gloo"
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -141,7 +148,7 @@ def init_from_env(device: str | torch.device | None = None, timeout: float | Non
     dev = _pick_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(BACKEND, timeout=datetime.timedelta(seconds=seconds),
+    dist.init_process_group(backend(), timeout=datetime.timedelta(seconds=seconds),
                             device_id=dev if dev.type == "cuda" else None)
     _CURRENT = DistEnv(rank, world, local, dev, seconds, initialized=True)
     log.debug("rank %d/%d on %s (backend %s, timeout %.0fs)", rank, world, dev, BACKEND, seconds)
@@ -208,29 +215,37 @@ def on_sigterm(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_for(work, what: str, timeout: float | None = None, poll_s: float = 0.005) -> None:
-    """Wait for an async ``torch.distributed`` work handle, polling so signals are handled.
+def wait_for(work, what: str, timeout: float | None = None, poll_s: float = 0.1) -> None:
+    """Wait for an async ``torch.distributed`` work handle so that signals are still handled.
 
-    ``what`` names what is awaited (e.g. ``"window 3 from rank 1"``); after ``timeout`` seconds
-    (default: the collective timeout) raises ``TimeoutError`` naming it, and a failed work (a peer's
-    connection closed) raises ``RuntimeError`` naming it.
+    gloo's point-to-point work completes only inside ``work.wait()``, which blocks in C++ where no
+    Python signal handler runs; so a helper thread waits and the main thread joins it in short
+    slices (SIGTERM then raises :class:`Terminated` here). ``what`` names what is awaited (e.g.
+    ``"window 3 from rank 1"``); after ``timeout`` seconds (default: the collective timeout) raises
+    ``TimeoutError`` naming it, and a failed work (a peer's connection closed) ``RuntimeError``.
     """
+    import threading
+
     limit = timeout_s(timeout if timeout is not None else (_CURRENT.timeout_s if _CURRENT else None))
-    deadline = time.monotonic() + limit
-    delay = poll_s
-    while True:
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
         try:
-            done = work.is_completed()
-        except RuntimeError as e:
-            raise RuntimeError(f"lost {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if done:
-            try:
-                work.wait()
-            except RuntimeError as e:
-                raise RuntimeError(f"lost {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {limit:.0f}s waiting for {what} (collective timeout; raise "
-                               f"{TIMEOUT_ENV} if the model load plus one window takes longer)")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+            work.wait(datetime.timedelta(seconds=limit))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=waiter, name=f"wait {what}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + limit
+    while thread.is_alive():
+        thread.join(poll_s)
+        if thread.is_alive() and time.monotonic() > deadline + 5.0:
+            break
+    if thread.is_alive() or (errors and "timed out" in str(errors[0]).lower()):
+        raise TimeoutError(f"timed out after {limit:.0f}s waiting for {what} (the collective timeout; raise "
+                           f"{TIMEOUT_ENV} if loading the model plus one window takes longer)")
+    if errors:
+        e = errors[0]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"lost {what}: {first}")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vggt_mv.distributed import BACKEND, DistEnv, Terminated
+from vggt_mv.distributed import DistEnv, Terminated, backend
 from vggt_mv.inference.cache import PipelineCache, weights_fingerprint, window_key
 from vggt_mv.inference.exchange import RankFailure, WindowPayload, receive_window, send_window
 from vggt_mv.inference.device import autocast_context, select_autocast_dtype, select_device
@@ -411,7 +411,7 @@ def reconstruct(
         "windows": win_meta,
         "world_size": world,
         "distributed": None if world == 1 else {
-            "backend": BACKEND, "rule": "window i on rank i mod world_size; rank 0 stitches in window order",
+            "backend": backend(), "rule": "window i on rank i mod world_size; rank 0 stitches in window order",
             "timeout_s": dist_env.timeout_s, "bytes_received_by_rank0": exchange["bytes_received"],
             "max_windows_held_by_rank0": exchange["max_windows_held"]},
         "device": str(dev), "autocast_dtype": str(amp) if amp is not None else "float32 (no autocast)",
