@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 
@@ -293,7 +294,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             del rec  # its memory maps point into tmp, which is renamed now
     except RankFailure as e:
         print(f"vggt-mv reconstruct: error: {e}", file=sys.stderr)
-        return 1
+        sys.stderr.flush()
+        # the output's temp folder is gone already; skip interpreter teardown, which would wait on (or
+        # abort over) the process group's pending point-to-point work with the failed rank
+        os._exit(1)
     except distributed.Terminated:
         print("vggt-mv reconstruct: error: rank 0 was stopped (SIGTERM) while writing the output; no output "
               "written", file=sys.stderr)
