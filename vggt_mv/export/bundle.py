@@ -107,6 +107,46 @@ def save_reconstruction(
     return out_dir
 
 
+class _Lazy:
+    """A read-only sequence whose item ``i`` is ``make(i)``, computed when asked for."""
+
+    def __init__(self, make, length: int):
+        self.make, self.length = make, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        if not -self.length <= i < self.length:
+            raise IndexError(i)
+        return self.make(i % self.length)
+
+    def __iter__(self):
+        return (self.make(i) for i in range(self.length))
+
+
+def _static_points(rec: "Reconstruction", source: str, percentile: float | None, threshold: float | None,
+                   max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded ``_subsample`` of all confident static points (in (t, v, y, x) order), gathered a
+    timestep at a time, so the sequence's full point set is never built."""
+    def keep(t: int) -> np.ndarray:
+        return rec._select_timestep(t, None, source, percentile, threshold, "static")
+
+    counts = [int(keep(t).sum()) for t in range(rec.num_timesteps)]
+    idx = _subsample(sum(counts), max_points)
+    xyz, rgb, offset = [], [], 0
+    for t, n in enumerate(counts):
+        local = idx[(idx >= offset) & (idx < offset + n)] - offset
+        if len(local):
+            p, c = rec.gather(keep(t), source, "image", t=t)
+            xyz.append(p[local])
+            rgb.append(c[local])
+        offset += n
+    if not xyz:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    return np.concatenate(xyz), np.concatenate(rgb)
+
+
 def _backing_file(array: np.ndarray) -> Path | None:
     """The file a memory-mapped array (or a view of one) lives in, else None."""
     a = array
@@ -169,11 +209,12 @@ def write_reconstruction(
     for name, value in arrays.items():
         _write_array(tmp / ARRAYS_DIR / f"{name}.npy", value)
 
-    clouds = []
-    for t in range(rec.num_timesteps):
+    def cloud(t: int) -> tuple[np.ndarray, np.ndarray]:
         xyz, rgb = rec.points(t, None, source, conf_percentile, conf_threshold, color_by)
         idx = _subsample(len(xyz), max_points_per_timestep, seed=t)
-        clouds.append((xyz[idx], rgb[idx]))
+        return xyz[idx], rgb[idx]
+
+    clouds = _Lazy(cloud, rec.num_timesteps)  # recomputed per use: the sequence's points are never all held
     files = [f"{ARRAYS_DIR}/{name}.npy" for name in arrays]
     if ply:
         for t, (xyz, rgb) in enumerate(clouds):
@@ -187,11 +228,9 @@ def write_reconstruction(
                        width=width, height=height, view_names=rec.view_names)
     files.append("cameras.json")
     if colmap:
-        sel = rec.select(None, None, source, colmap_conf_percentile, conf_threshold, "static")
-        xyz, rgb = rec.gather(sel, source, "image")
-        idx = _subsample(len(xyz), colmap_max_points)
+        xyz, rgb = _static_points(rec, source, colmap_conf_percentile, conf_threshold, colmap_max_points)
         write_colmap_text(tmp / "colmap", rec.extrinsic, rec.intrinsic, width, height, rec.view_names,
-                          xyz[idx], rgb[idx], rec.images if colmap_images else None)
+                          xyz, rgb, rec.images if colmap_images else None)
         files += ["colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt"]
         if colmap_images:
             files.append("colmap/images/")

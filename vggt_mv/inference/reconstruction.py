@@ -262,8 +262,16 @@ class Reconstruction:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
         key = f"percentile:{source}:{float(percentile)!r}"
         if key not in self._cache:
-            valid, conf = self._valid(source)
-            self._cache[key] = np.percentile(conf[valid], percentile) if valid.any() else -np.inf
+            # the valid confidences gathered a timestep at a time into one buffer, sorted in place
+            per_t = [self._valid(source, t) for t in range(self.num_timesteps)]
+            values = np.empty(sum(int(v.sum()) for v, _ in per_t), np.float32)
+            offset = 0
+            for valid, conf in per_t:
+                n = int(valid.sum())
+                values[offset:offset + n] = conf[valid]
+                offset += n
+            del per_t
+            self._cache[key] = np.percentile(values, percentile, overwrite_input=True) if len(values) else -np.inf
         return self._cache[key]
 
     def confidence_mask(
