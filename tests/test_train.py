@@ -33,7 +33,7 @@ def perfect_outputs(b: dict[str, torch.Tensor], iters: int = 4) -> dict[str, tor
         "pose_enc_list": b["pose_enc"][None].expand(iters, *b["pose_enc"].shape).clone(),
         "depth": b["depth"][..., None].clone(), "depth_conf": ones.clone(),
         "world_points": b["world_points"].clone(), "world_points_conf": ones.clone(),
-        "dynamic_mask": (b["dynamic_mask_patch"] > 0.5).float(),
+        "dynamic_logit": 12.0 * (2.0 * (b["dynamic_mask_patch"] > 0.5).float() - 1.0),  # BCE ~ 6e-6
     }
 
 
@@ -51,10 +51,10 @@ def test_losses_zero_for_perfect_and_positive_otherwise(batch):
     assert float(compute_losses(flipped, b, cfg)["camera"]) == pytest.approx(0.0, abs=1e-6)
     # perturbing any prediction makes its term positive
     g = torch.Generator().manual_seed(0)
-    for key, term in (("pose_enc_list", "camera"), ("depth", "depth"), ("world_points", "point"), ("dynamic_mask", "mask")):
+    for key, term in (("pose_enc_list", "camera"), ("depth", "depth"), ("world_points", "point"), ("dynamic_logit", "mask")):
         out = perfect_outputs(b)
         noise = 0.3 * torch.randn(out[key].shape, generator=g)
-        out[key] = 0.25 + 0.5 * out[key] if key == "dynamic_mask" else out[key] + noise
+        out[key] = 0.05 * out[key] if key == "dynamic_logit" else out[key] + noise
         t = compute_losses(out, b, cfg)
         assert float(t[term]) > 1e-2, term
         assert float(t["loss"]) > float(terms["loss"]) + 1e-2
@@ -125,9 +125,14 @@ def test_dataset_never_draws_the_sample_seed_and_is_reproducible():
 def test_overfit_fixed_batch_and_lambda_gradients(batch):
     tr = Trainer(small_cfg(steps=8, lr=2e-3, warmup=1, lambda_lr_mult=10.0))
     first = tr.train_step(batch)
-    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "external_gain", "feature_gain"):
-        assert first[f"grad_{name}"] != 0.0, name  # learnable lambdas / fusion gains receive gradients
-    losses = [first["loss"]] + [tr.train_step(batch)["loss"] for _ in range(7)]
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t"):
+        assert first[f"grad_{name}"] != 0.0, name  # learnable lambdas receive gradients
+    # the mask loss is on the head's own logit, so the fusion gains learn through the attention bias
+    # only: no gradient while every lambda is 0, one as soon as the lambdas moved
+    assert first["grad_external_gain"] == 0.0 and first["grad_feature_gain"] == 0.0
+    second = tr.train_step(batch)
+    assert second["grad_external_gain"] != 0.0 and second["grad_feature_gain"] != 0.0
+    losses = [first["loss"], second["loss"]] + [tr.train_step(batch)["loss"] for _ in range(6)]
     assert min(losses[-3:]) < 0.7 * losses[0], losses
     lam = tr.model.lambdas()
     assert any(abs(v) > 1e-3 for v in lam.values()), lam  # the lambdas moved

@@ -131,7 +131,9 @@ class VGGTMV(nn.Module):
         epipolar: EpipolarPrior | None = None,
         return_aggregator: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """images ``[B,S,3,H,W]`` or ``[B,T,V,3,H,W]`` in [0,1] -> dict of VGGT outputs (+ ``dynamic_mask``)."""
+        """images ``[B,S,3,H,W]`` or ``[B,T,V,3,H,W]`` in [0,1] -> dict of VGGT outputs (+ ``dynamic_mask``,
+        ``mask_logit`` and ``dynamic_logit``: the mask head's raw logit and its logit of P(dynamic)
+        before fusion with ``ext_masks``, ``[B,T,V,h,w]``)."""
         self._check_inputs(images, ext_masks, query_points)
         agg = self.run_aggregator(images, ext_masks, layout, resume=resume, snapshot_at=snapshot_at,
                                   landmark_scores=landmark_scores, epipolar=epipolar)
@@ -171,6 +173,9 @@ class VGGTMV(nn.Module):
         if agg.dynamic_mask is not None:
             out["dynamic_mask"] = unflat(agg.dynamic_mask.reshape(b, n, *agg.dynamic_mask.shape[3:]))
             out["mask_logit"] = unflat(agg.mask_logit.reshape(b, n, *agg.mask_logit.shape[3:]))
+            # the head's own logit of P(dynamic), before any fusion with an external mask (training target)
+            head = self.aggregator.spatial_mask_head
+            out["dynamic_logit"] = self.config.mask.logit_sign * head.scaled_logit(out["mask_logit"])
         if return_aggregator:
             out["_aggregator"] = agg  # type: ignore[assignment]
         return out

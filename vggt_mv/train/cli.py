@@ -8,12 +8,14 @@ Writes ``OUT/checkpoint.pt`` every ``--ckpt-every`` steps, ``OUT/train_log.json`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from vggt_mv.export.output import check_output, is_train_run
 from vggt_mv.train.losses import LossConfig
+from vggt_mv.train.recipes import RECIPES, format_table, parse_rule
 from vggt_mv.weights.hub import parse_weights_ref
 from vggt_mv.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
@@ -58,6 +60,17 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected layer indices like 1,2, got {text!r}") from None
 
 
+class _RuleAction(argparse.Action):
+    """``--trainable GLOB[=LR]`` / ``--frozen GLOB`` appended in command-line order (later wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            rule = parse_rule(values, trainable=option_string == "--trainable")
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e).split(": ", 1)[-1]) from None
+        getattr(namespace, self.dest).append(dataclasses.asdict(rule))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
     d = TrainConfig()
@@ -71,6 +84,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None,  # a str: Path() would fold the // of hf:// URIs
                    help="start from these weights instead of random init: a previous run's model.safetensors, "
                         "hf://OWNER/REPO/FILE or a weights name")
+    p.add_argument("--pi3", default=None,
+                   help="with --init: Pi3 weights combined with it by the seed recipe (as `vggt-mv reconstruct`)")
+    p.add_argument("--train-recipe", default=d.train_recipe, choices=RECIPES,
+                   help="what trains: page4d (PAGE-4D's blocks 10-19 at 1e-5 + mask head at 2e-5), stage1 "
+                        "(pose stream, mask head, lambdas/gains, blocks 8-15), heads, all (default: %(default)s); "
+                        "see vggt_mv/train/recipes.py")
+    p.add_argument("--trainable", dest="rules", action=_RuleAction, default=[], metavar="GLOB[=LR]",
+                   help="also train parameters matching GLOB (at LR); repeatable, later flags win")
+    p.add_argument("--frozen", dest="rules", action=_RuleAction, default=[], metavar="GLOB",
+                   help="freeze parameters matching GLOB; repeatable, later flags win")
     p.add_argument("--size", type=_sizes, default=[(d.height, d.width)],
                    help="HxW (multiples of 14), or a comma list drawn per step; validation uses the first "
                         "(default: 126x168)")
@@ -96,8 +119,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corr-layers", type=_layers, default=d.loss.corr_layers,
                    help="layers whose View-SA attention is supervised (default: 1,2)")
     p.add_argument("--mask-weight", type=float, default=d.loss.mask, help="dynamic-mask BCE weight")
+    p.add_argument("--cross-view-weight", type=float, default=d.loss.cross_view,
+                   help="self-supervised cross-view depth consistency weight (default: %(default)s)")
+    p.add_argument("--cross-view-on", choices=["no-gt", "all"], default=d.loss.cross_view_on,
+                   help="clips it applies to: those without GT depth, or all (default: %(default)s)")
     p.add_argument("--mask-pos-weight", type=float, default=d.loss.mask_pos_weight,
                    help="BCE weight of dynamic patches (default: %(default)s)")
+    p.add_argument("--data", action="append", default=[], metavar="[FORMAT:]PATH[@W]",
+                   help="training data (repeatable, weight W, default 1): dump, mvtracker_npz, dexycb, kubric_mv, "
+                        "panoptic (auto-detected) or synthetic; default: procedural scenes")
+    p.add_argument("--val-data", action="append", default=[], metavar="[FORMAT:]PATH",
+                   help="validation sequences (repeatable); never trained on, even if also under --data")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
@@ -120,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(ckpt, out, steps=args.steps)
         print(f"resuming {ckpt} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
     else:
-        check_output(out, kind="dir", inputs=[args.init] if args.init and parse_weights_ref(args.init) is None else [],
+        local = [w for w in (args.init, args.pi3) if w and parse_weights_ref(w) is None]
+        check_output(out, kind="dir", inputs=local,
                      is_ours=is_train_run)
         if ckpt.exists():
             raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
@@ -132,12 +165,18 @@ def run(args: argparse.Namespace) -> int:
             timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
             height=h, width=w, extra_sizes=extra,
             ext_mask_prob=args.ext_mask_prob, arc_deg=list(args.arc), seed=args.seed, threads=args.threads,
-            init=args.init, device=args.device, workers=args.workers,
+            init=args.init, init_pi3=args.pi3, train_recipe=args.train_recipe, rules=args.rules,
+            device=args.device, workers=args.workers, data=list(args.data), val_data=list(args.val_data),
             log_every=args.log_every, ckpt_every=args.ckpt_every, val_every=args.val_every,
             loss=LossConfig(camera=args.camera_weight, mask=args.mask_weight, mask_pos_weight=args.mask_pos_weight,
-                            corr=args.corr_weight, corr_layers=args.corr_layers),
+                            corr=args.corr_weight, corr_layers=args.corr_layers,
+                            cross_view=args.cross_view_weight, cross_view_on=args.cross_view_on),
         )
+        if cfg.data:  # open every source before the model is built: a bad spec fails in a second
+            from vggt_mv.train.trainer import mixture_for
+            mixture_for(cfg)
         trainer = Trainer(cfg, out)
+    print(format_table(trainer.trainable_rows()), file=sys.stderr)
     summary = trainer.fit(progress=not args.no_progress)
     print(json.dumps({"out": str(out), "step": trainer.step, **summary,
                       "lambdas": trainer.model.lambdas()}, indent=1))

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vggt_mv.data.synthetic import SyntheticScene, SyntheticSceneConfig, render_scene
-from vggt_mv.heads.pose_encoding import extri_intri_to_pose_encoding
+from vggt_mv.data.normalize import normalize_arrays, to_homogeneous, unproject_depth  # noqa: F401 (re-exported)
 
 PATCH = 14
 SAMPLE_SEED = 7  # assets/sample (scripts/make_sample.py): held out, never used for training
@@ -46,54 +45,11 @@ class SceneSampling:
     arc_deg: tuple[float, float] = (40.0, 80.0)  # angle spanned by the camera arc
 
 
-def to_homogeneous(ext: torch.Tensor) -> torch.Tensor:
-    """``[..., 3, 4]`` -> ``[..., 4, 4]``."""
-    bottom = torch.zeros(*ext.shape[:-2], 1, 4, dtype=ext.dtype, device=ext.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([ext, bottom], dim=-2)
-
-
-def unproject_depth(depth: torch.Tensor, intrinsic: torch.Tensor, extrinsic: torch.Tensor) -> torch.Tensor:
-    """Depth ``[..., H, W]``, intrinsic ``[..., 3, 3]``, extrinsic (camera-from-world) ``[..., 3, 4]``
-    -> world points ``[..., H, W, 3]`` (integer pixel coordinates are pixel centres)."""
-    h, w = depth.shape[-2:]
-    vv, uu = torch.meshgrid(torch.arange(h, dtype=depth.dtype), torch.arange(w, dtype=depth.dtype), indexing="ij")
-    fx, fy = intrinsic[..., 0, 0, None, None], intrinsic[..., 1, 1, None, None]
-    cx, cy = intrinsic[..., 0, 2, None, None], intrinsic[..., 1, 2, None, None]
-    cam = torch.stack([(uu - cx) / fx * depth, (vv - cy) / fy * depth, depth], dim=-1)  # [..., H, W, 3]
-    rot, t = extrinsic[..., :3, :3], extrinsic[..., :3, 3]
-    # world = R^T (cam - t)
-    return torch.einsum("...ji,...hwj->...hwi", rot, cam - t[..., None, None, :])
-
-
 def normalize_scene(scene: SyntheticScene, patch: int = PATCH) -> dict[str, torch.Tensor]:
     """A rendered scene -> GT tensors in the reference-camera frame at VGGT's scale (module doc)."""
-    images = torch.from_numpy(scene.images).permute(0, 1, 4, 2, 3).float() / 255.0  # [T,V,3,H,W]
-    depth = torch.from_numpy(scene.depth).double()                                  # [T,V,H,W]
-    intr = torch.from_numpy(scene.intrinsic).double()
-    ext = to_homogeneous(torch.from_numpy(scene.extrinsic).double())               # [T,V,4,4]
-    valid = depth > 0
-    rel = ext @ torch.linalg.inv(ext[0, 0])                                         # cam-from-ref
-    pts = unproject_depth(depth, intr, rel[..., :3, :])                             # ref frame
-    dist = pts.norm(dim=-1)[valid]
-    if dist.numel() == 0:
-        raise ValueError(f"scene seed {scene.seed} has no valid depth")
-    scale = dist.mean()
-    rel_s = rel[..., :3, :].clone()
-    rel_s[..., :3, 3] /= scale
-    depth_s = depth / scale
-    pts_s = torch.where(valid[..., None], pts / scale, torch.zeros_like(pts))
-    h, w = depth.shape[-2:]
-    pose_enc = extri_intri_to_pose_encoding(rel_s.float(), intr.float(), (h, w))
-    dyn = torch.from_numpy(scene.dynamic_mask).float()
-    t, v = dyn.shape[:2]
-    dyn_patch = F.avg_pool2d(dyn.reshape(t * v, 1, h, w), patch).reshape(t, v, h // patch, w // patch)
-    return {
-        "images": images, "depth": depth_s.float(), "valid": valid, "world_points": pts_s.float(),
-        "extrinsic": rel_s.float(), "intrinsic": intr.float(), "pose_enc": pose_enc,
-        "dynamic_mask": dyn, "dynamic_mask_patch": dyn_patch,
-        "scale": scale.float(), "seed": torch.tensor(scene.seed, dtype=torch.long),
-    }
+    return normalize_arrays(scene.images.astype(np.float32) / np.float32(255.0), scene.depth, scene.intrinsic,
+                            scene.extrinsic, scene.dynamic_mask.astype(np.float32), seed=scene.seed, patch=patch,
+                            what=f"scene seed {scene.seed}")
 
 
 class SyntheticDynamicDataset:

@@ -5,20 +5,28 @@
   (VGGT weights 1 / 1 / 0.5);
 * depth and points: confidence-weighted regression ``c * ||pred - gt|| - alpha * log(c)`` on
   valid pixels, plus a multi-scale gradient term on the error (also confidence weighted);
-* dynamic mask: BCE between the model's per-patch ``dynamic_mask`` probability (clamped) and the
-  fraction of dynamic pixels per patch;
+* dynamic mask: BCE-with-logits between the mask head's own logit of P(dynamic)
+  (``dynamic_logit``, before fusion with an external mask, so feeding the GT mask as external input
+  cannot satisfy it through ``external_gain``) and the fraction of dynamic pixels per patch (GT or
+  external masks, e.g. SegAnyMo); samples with ``has_mask`` False are skipped;
+* cross-view (``cross_view``): the self-supervised depth consistency of
+  :mod:`vggt_mv.train.cross_view` through the predicted cameras, on clips without GT depth (or on
+  all with ``cross_view_on="all"``);
 * optional View-SA correspondence term (``corr``, :mod:`vggt_mv.train.correspondence`), added by the
   trainer because it needs the attention blocks' inputs.
 
 Shapes follow the model's 6-D outputs: ``pose_enc_list [N,B,T,V,9]``, ``depth [B,T,V,H,W,1]``,
-``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_mask [B,T,V,h,w]``.
+``world_points [B,T,V,H,W,3]``, confidences ``[B,T,V,H,W]``, ``dynamic_logit [B,T,V,h,w]``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from vggt_mv.train.cross_view import cross_view_loss
 
 
 @dataclass
@@ -39,11 +47,18 @@ class LossConfig:
     camera_loss_type: str = "l1"  # "l1" | "huber"
     huber_delta: float = 0.1
     max_error: float = 100.0    # per-pixel error clamp against outliers
-    mask_eps: float = 1e-4
     mask_pos_weight: float = 3.0  # dynamic patches are ~5-10 %: favour recall (IoU at 0.5)
     corr: float = 0.0           # View-SA correspondence supervision (0 = off)
     corr_layers: list[int] = field(default_factory=lambda: [1, 2])
     corr_head: int = 0          # the attention head that is supervised
+    cross_view: float = 1.0     # self-supervised cross-view depth consistency
+    cross_view_on: str = "no-gt"  # "no-gt": clips without GT depth only; "all": every clip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossConfig":
+        """From a saved config; fields of older versions that no longer exist are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _pose_term(pred: torch.Tensor, gt: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -78,19 +93,30 @@ def camera_loss(pose_enc_list: torch.Tensor, gt_pose_enc: torch.Tensor, cfg: Los
     return out
 
 
+def sample_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean per sample, then the plain mean over samples: ``[B, ...]`` -> scalar.
+
+    Each sample weighs ``1/B`` whatever its number of valid pixels (0 when it has none), so the
+    loss of a batch is the mean of its samples' losses: two ranks' equal-size batches average to
+    the loss of their union (DDP / FSDP gradient averaging equals one process on the union).
+    """
+    dims = tuple(range(1, values.dim()))
+    per = (values * weights).sum(dims) / weights.sum(dims).clamp_min(1.0)
+    return per.mean()
+
+
 def conf_regression_loss(
     pred: torch.Tensor, gt: torch.Tensor, conf: torch.Tensor, valid: torch.Tensor, alpha: float, max_error: float = 100.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VGGT's confidence-aware regression on valid pixels.
 
-    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> (``mean(c*e - alpha*log c)``,
-    unweighted ``mean(e)``) with ``e = ||pred - gt||_2`` clamped to ``max_error``.
+    pred/gt ``[B, ..., H, W, C]``, conf/valid ``[B, ..., H, W]`` -> (``mean(c*e - alpha*log c)``,
+    unweighted ``mean(e)``) with ``e = ||pred - gt||_2`` clamped to ``max_error``, per sample
+    (:func:`sample_mean`).
     """
     err = (pred - gt).norm(dim=-1).clamp(max=max_error)
     v = valid.to(err.dtype)
-    count = v.sum().clamp_min(1.0)
-    loss = ((conf * err - alpha * torch.log(conf)) * v).sum() / count
-    return loss, (err * v).sum() / count
+    return sample_mean(conf * err - alpha * torch.log(conf), v), sample_mean(err, v)
 
 
 def gradient_loss(
@@ -99,8 +125,8 @@ def gradient_loss(
     """Multi-scale gradient matching of the error ``d = pred - gt``.
 
     At stride ``s = 2^k`` (k < ``scales``): ``|d(x+s) - d(x)|`` summed over channels along x and y,
-    on pairs whose two pixels are valid, weighted by the mean confidence of the pair.
-    pred/gt ``[..., H, W, C]``, conf/valid ``[..., H, W]`` -> scalar.
+    on pairs whose two pixels are valid, weighted by the mean confidence of the pair, per sample.
+    pred/gt ``[B, ..., H, W, C]``, conf/valid ``[B, ..., H, W]`` -> scalar.
     """
     diff = pred - gt
     total = pred.new_zeros(())
@@ -116,24 +142,31 @@ def gradient_loss(
             cd = dim + 1  # the same axis on the [..., H, W] tensors
             pair = m.narrow(cd, 1, n - 1) * m.narrow(cd, 0, n - 1)
             cw = 0.5 * (c.narrow(cd, 1, n - 1) + c.narrow(cd, 0, n - 1))
-            parts.append((g * cw * pair).sum() / pair.sum().clamp_min(1.0))
+            parts.append(sample_mean(g * cw, pair))
         if parts:
             total = total + sum(parts) / len(parts)
     return total / scales
 
 
-def mask_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-4, pos_weight: float = 1.0) -> torch.Tensor:
-    """BCE of the dynamic probability ``[B,T,V,h,w]`` (clamped to ``[eps, 1-eps]``) vs the target fraction."""
-    p = prob.clamp(eps, 1.0 - eps)
-    t = target.to(p.dtype)
-    return -(pos_weight * t * torch.log(p) + (1.0 - t) * torch.log1p(-p)).mean()
+def mask_loss(logit: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0,
+              has_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE-with-logits of the logit of P(dynamic) ``[B,T,V,h,w]`` vs the target fraction (same
+    shape), per sample; samples with ``has_mask [B]`` False count as 0."""
+    logit = logit.float()
+    bce = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype), reduction="none",
+                                             pos_weight=logit.new_tensor(pos_weight))
+    weights = torch.ones_like(bce)
+    if has_mask is not None:
+        weights = weights * has_mask.to(bce.dtype).reshape(-1, *[1] * (bce.dim() - 1))
+    return sample_mean(bce, weights)
 
 
 def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig | None = None) -> dict[str, torch.Tensor]:
     """All terms for model outputs ``out`` and a :mod:`vggt_mv.train.data` batch; ``"loss"`` is the total.
 
     Other keys: ``camera`` (+ ``cam_T/cam_R/cam_FL``), ``depth`` (``depth_reg``, ``depth_grad``,
-    ``depth_err``), ``point`` (``point_reg``, ``point_grad``, ``point_err``), ``mask``.
+    ``depth_err``), ``point`` (``point_reg``, ``point_grad``, ``point_err``), ``mask``,
+    ``cross_view`` (+ ``cross_view_px``, the pixels it compared).
     """
     cfg = cfg or LossConfig()
     terms: dict[str, torch.Tensor] = {}
@@ -151,8 +184,22 @@ def compute_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         terms[f"{name}_reg"], terms[f"{name}_grad"], terms[f"{name}_err"] = reg, grad, err.detach()
         terms[name] = reg + cfg.grad * grad
         total = total + getattr(cfg, name) * terms[name]
-    if "dynamic_mask" in out and cfg.mask > 0:
-        terms["mask"] = mask_loss(out["dynamic_mask"], batch["dynamic_mask_patch"], cfg.mask_eps, cfg.mask_pos_weight)
+    if "dynamic_logit" in out and cfg.mask > 0:  # has_mask [B]: samples with a GT or external mask
+        terms["mask"] = mask_loss(out["dynamic_logit"], batch["dynamic_mask_patch"], cfg.mask_pos_weight,
+                                  batch.get("has_mask"))
         total = total + cfg.mask * terms["mask"]
+    if cfg.cross_view > 0 and "depth" in out and "extrinsic" in out:
+        if cfg.cross_view_on not in ("no-gt", "all"):
+            raise ValueError(f"cross_view_on must be 'no-gt' or 'all', got {cfg.cross_view_on!r}")
+        use = torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
+        if cfg.cross_view_on == "no-gt":
+            use = ~valid.flatten(1).any(1)
+        if bool(use.any()) and out["depth"].shape[2] > 1:
+            cv, px = cross_view_loss(out["depth"][..., 0].float(), out["extrinsic"].float(),
+                                     out["intrinsic"].float())
+            # per sample, mean over the batch (samples it does not apply to count as 0)
+            terms["cross_view"] = (cv * use).sum() / use.numel()
+            terms["cross_view_px"] = (px * use).sum()
+            total = total + cfg.cross_view * terms["cross_view"]
     terms["loss"] = total  # type: ignore[assignment]
     return terms

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from vggt_mv.config import ModelConfig
+from vggt_mv.data.mixture import ClipConfig, MixtureData, MixtureStream
 from vggt_mv.export.atomic import atomic_file
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
 from vggt_mv.train.correspondence import capture_view_inputs, correspondence_loss, patch_correspondences
 from vggt_mv.train.data import SceneSampling, SyntheticDynamicDataset, validation_batch
 from vggt_mv.train.losses import LossConfig, compute_losses
+from vggt_mv.train.recipes import Rule, format_table, module_key, recipe_rules, select, set_train_mode, trainable_table
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "model.safetensors"
@@ -58,13 +60,19 @@ class TrainConfig:
     ext_mask_prob: float = 0.25
     arc_deg: list[float] = field(default_factory=lambda: [40.0, 80.0])  # camera-rig arc range
     seed: int = 0
-    init: str | None = None          # weights (.safetensors / .pt) to start from instead of random init
+    init: str | None = None          # weights to start from (anything load_model takes as checkpoint)
+    init_pi3: str | None = None      # + Pi3 weights, combined with ``init`` by the seed recipe
+    train_recipe: str = "all"        # what trains (vggt_mv.train.recipes)
+    rules: list[dict[str, Any]] = field(default_factory=list)  # --trainable/--frozen after the recipe
     threads: int = 2
     device: str = "cpu"              # "cpu", "cuda" (or "cuda:N"); data is always made on the CPU
     workers: int = 0                 # >0: render batches in that many processes (see batch_for_step)
     log_every: int = 10
     ckpt_every: int = 100
     val_every: int = 250             # 0 disables validation
+    data: list[str] = field(default_factory=list)      # --data specs; empty: procedural scenes
+    val_data: list[str] = field(default_factory=list)  # --val-data specs (held-out sequences)
+    max_stride: int = 3              # --data clips: time stride drawn in [1, max_stride]
     loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,8 +81,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        d["loss"] = LossConfig(**d.get("loss", {}))
+        d["loss"] = LossConfig.from_dict(d.get("loss", {}))
         return cls(**d)
+
+    def training_rules(self, model_config: ModelConfig) -> list[Rule]:
+        """The recipe's rules followed by the ``--trainable`` / ``--frozen`` ones."""
+        return recipe_rules(self.train_recipe, model_config) + [Rule(**r) for r in self.rules]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -86,24 +98,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay; biases/norms/tokens don't; mask-bias scalars get ``lambda_lr_mult``."""
-    decay, no_decay, scalars = [], [], []
+def param_groups(model: torch.nn.Module, cfg: TrainConfig, lrs: dict[str, float | None]) -> list[dict[str, Any]]:
+    """AdamW groups of the trained parameters (``lrs``: name -> base lr, None = ``cfg.lr``), per base
+    lr: matrices decay; biases/norms/tokens don't; mask-bias scalars get ``lambda_lr_mult`` x the lr.
+    Each group's ``base_lr`` is scaled by the schedule (:func:`lr_at`)."""
+    groups: dict[tuple[float, str], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if name not in lrs:
             continue
+        base = cfg.lr if lrs[name] is None else lrs[name]
         if name.startswith("aggregator.mask_bias."):
-            scalars.append(p)
+            key = (base * cfg.lambda_lr_mult, "scalar")
         elif p.dim() >= 2 and "token" not in name and "pos_embed" not in name:
-            decay.append(p)
+            key = (base, "decay")
         else:
-            no_decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
-        {"params": scalars, "weight_decay": 0.0, "lr_mult": cfg.lambda_lr_mult},
-    ]
-    return [g for g in groups if g["params"]]
+            key = (base, "no_decay")
+        groups.setdefault(key, []).append(p)
+    order = {"decay": 0, "no_decay": 1, "scalar": 2}
+    return [{"params": ps, "weight_decay": cfg.weight_decay if kind == "decay" else 0.0, "base_lr": lr}
+            for (lr, kind), ps in sorted(groups.items(), key=lambda kv: (order[kv[0][1]], -kv[0][0]))]
 
 
 @torch.no_grad()
@@ -136,8 +149,25 @@ def quick_metrics(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) 
     return res
 
 
-def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset:
-    """The scene stream of ``cfg`` seeded with ``seed``."""
+_MIXTURES: dict[str, MixtureData] = {}
+
+
+def mixture_for(cfg: TrainConfig) -> MixtureData:
+    """The ``--data`` mixture of ``cfg`` (opened once per process: listings only)."""
+    key = json.dumps([cfg.data, cfg.val_data, cfg.to_dict()], sort_keys=True, default=str)
+    if key not in _MIXTURES:
+        sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
+        clip = ClipConfig(timesteps=(cfg.timesteps, cfg.max_timesteps or cfg.timesteps),
+                          views=(2, max(2, cfg.views)), sizes=sizes, max_stride=cfg.max_stride,
+                          ext_mask_prob=cfg.ext_mask_prob, arc_deg=(float(cfg.arc_deg[0]), float(cfg.arc_deg[1])))
+        _MIXTURES[key] = MixtureData(cfg.data or ["synthetic"], clip, cfg.val_data)
+    return _MIXTURES[key]
+
+
+def make_dataset(cfg: TrainConfig, seed: int) -> SyntheticDynamicDataset | MixtureStream:
+    """The scene stream of ``cfg`` seeded with ``seed`` (the ``--data`` mixture when given)."""
+    if cfg.data:
+        return MixtureStream(mixture_for(cfg), seed)
     sizes = [(cfg.height, cfg.width)] + [(int(h), int(w)) for h, w in cfg.extra_sizes]
     return SyntheticDynamicDataset(cfg.timesteps, cfg.views, cfg.height, cfg.width, seed=seed,
                                    ext_mask_prob=cfg.ext_mask_prob, sizes=sizes, max_T=cfg.max_timesteps,
@@ -148,6 +178,8 @@ def batch_for_step(cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
     """The batch of ``step`` when ``cfg.workers > 0``: drawn from its own generator seeded with
     ``(cfg.seed, step)``, so batches can be rendered in any process and order and a resumed run
     sees the same ones."""
+    if cfg.data:
+        return mixture_for(cfg).batch_at(cfg.seed, step, cfg.batch_size)
     seed = int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])
     return make_dataset(cfg, seed).batch(cfg.batch_size)
 
@@ -186,26 +218,44 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model_config = model_config or ModelConfig.preset(cfg.preset)
         self.device = torch.device(cfg.device)
-        self.model = VGGTMV(self.model_config)
-        if cfg.init:
-            self._load_init(cfg.init)
+        rules = cfg.training_rules(self.model_config)
+        if cfg.init or cfg.init_pi3:
+            self.model = self._load_init(rules)
+            self.model_config = self.model.config
+        else:
+            self.model = VGGTMV(self.model_config)
+        self.trained_lrs = select(self.model, rules)
         self.model.to(self.device)
-        self.model.train()
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+        set_train_mode(self.model)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg, self.trained_lrs), lr=cfg.lr, betas=(0.9, 0.95))
         self.data = make_dataset(cfg, cfg.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._val: dict[str, torch.Tensor] | None = None
 
-    def _load_init(self, path: str) -> None:
-        """Start from saved weights (all tensors must be there: fine-tuning, not surgery)."""
+    def _load_init(self, rules: list[Rule]) -> VGGTMV:
+        """The model with ``cfg.init`` (+ ``cfg.init_pi3``, seed recipe) loaded strictly: every tensor
+        must come from the files except new modules (DESIGN §3), and those only where ``rules`` train
+        them (a frozen module left at random init would spoil the run)."""
         from vggt_mv.weights.loader import load_model
 
-        loaded, report = load_model(self.model_config, checkpoint=path)
-        if report.fraction_loaded("checkpoint") < 1.0 or report.left_at_init:
-            raise ValueError(f"--init {path}: only {report.fraction_loaded('checkpoint'):.0%} of the "
-                             f"{self.model_config.name} tensors were found; it must hold the whole model")
-        self.model.load_state_dict(loaded.state_dict())
+        cfg = self.cfg
+        model, report = load_model(self.model_config, checkpoint=cfg.init, pi3=cfg.init_pi3, recipe="seed")
+        trained = select(model, rules)
+        params = dict(model.named_parameters())
+        frozen_at_init = sorted({module_key(k) for k in report.left_at_init if k in params and k not in trained})
+        if frozen_at_init:
+            names = " + ".join(f"{flag} {v}" for flag, v in (("--init", cfg.init), ("--pi3", cfg.init_pi3)) if v)
+            raise ValueError(f"{names}: {len(frozen_at_init)} new modules have no weights in the files and "
+                             f"--train-recipe {cfg.train_recipe} leaves them frozen at random init "
+                             f"({', '.join(frozen_at_init[:4])}{', ...' if len(frozen_at_init) > 4 else ''}); "
+                             "train them (--trainable GLOB or another "
+                             "--train-recipe) or start from weights that have them")
+        return model
+
+    def trainable_rows(self) -> list[dict[str, Any]]:
+        """Per module: trainable / total parameters and lr (:func:`~vggt_mv.train.recipes.trainable_table`)."""
+        return trainable_table(self.model, self.trained_lrs, self.cfg.lr)
 
     # ------------------------------------------------------------------ one step
     def forward_losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -234,8 +284,8 @@ class Trainer:
         """One optimizer step on ``batch``; returns the float loss terms, lr, grad norm and lambdas."""
         lr = lr_at(self.step, self.cfg)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        self.model.train()
+            g["lr"] = g["base_lr"] * lr / self.cfg.lr
+        set_train_mode(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         _, terms = self.forward_losses(batch)
         loss = terms["loss"]
@@ -269,7 +319,8 @@ class Trainer:
         first training size and ``timesteps``."""
         if self._val is None:
             c = self.cfg
-            self._val = validation_batch(c.timesteps, c.views, c.height, c.width)
+            self._val = (mixture_for(c).validation_batch() if c.val_data else None) \
+                or validation_batch(c.timesteps, c.views, c.height, c.width)
         self.model.eval()
         outs, metrics = [], []
         for i in range(self._val["images"].shape[0]):
@@ -277,7 +328,7 @@ class Trainer:
             out, terms = self.forward_losses(b)
             outs.append({k: float(v) for k, v in terms.items()})
             metrics.append(quick_metrics(out, b))
-        self.model.train()
+        set_train_mode(self.model)
         res = {f"val_{k}": sum(o[k] for o in outs) / len(outs) for k in ("loss", "camera", "depth", "point", "mask") if k in outs[0]}
         res.update({f"val_{k}": sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]})
         return res
@@ -327,7 +378,7 @@ class Trainer:
         if steps is not None:
             cfg.steps = int(steps)
         # the checkpoint already holds the weights: do not re-read cfg.init (it may have moved)
-        trainer = cls(dataclasses.replace(cfg, init=None), out_dir, ModelConfig.from_dict(state["model_config"]))
+        trainer = cls(dataclasses.replace(cfg, init=None, init_pi3=None), out_dir, ModelConfig.from_dict(state["model_config"]))
         trainer.cfg = cfg
         trainer.load_state_dict(state)
         return trainer
@@ -340,7 +391,7 @@ class Trainer:
     def write_log(self, extra: dict[str, Any] | None = None) -> Path:
         """``out_dir/train_log.json``: configs, history of logged steps, ``extra`` (e.g. timings)."""
         log = {"train_config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
-               "step": self.step, "history": self.history, **(extra or {})}
+               "trainable": self.trainable_rows(), "step": self.step, "history": self.history, **(extra or {})}
         p = self._out(LOG_NAME)
         with atomic_file(p, "w") as f:
             f.write(json.dumps(log, indent=1))
