@@ -356,8 +356,10 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     sess.rec.save(out, conf_percentile=float(conf_v) or None, colmap_images=False)
                     sess.export_dir = out
                 out = sess.export_dir
-                if kind == "npz":
-                    path = out / "reconstruction.npz"
+                if kind == "npz":  # an npz is a zip of .npy files: the result's arrays/ folder zipped
+                    path = out.parent / "reconstruction.npz"
+                    if not path.exists():
+                        Path(shutil.make_archive(str(out.parent / "reconstruction"), "zip", out / "arrays")).rename(path)
                 elif kind == "glb":
                     path = out / "scene.glb"
                 else:

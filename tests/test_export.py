@@ -44,13 +44,33 @@ def _assert_same(a: Reconstruction, b: Reconstruction) -> None:
 def test_save_load_roundtrip_exact(rec, tmp_path):
     out = rec.save(tmp_path / "run")
     files = sorted(os.listdir(out))
-    assert files == ["cameras.json", "colmap", "manifest.json", "points", "reconstruction.npz", "scene.glb"]
+    assert files == ["arrays", "cameras.json", "colmap", "manifest.json", "points", "scene.glb"]
     loaded = Reconstruction.load(out)
     _assert_same(rec, loaded)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == bundle.FORMAT_VERSION == 2
     assert manifest["meta"]["lambdas"] == {"lambda_pose": 0.5} and "points/t001.ply" in manifest["files"]
     assert manifest["arrays"]["depth"]["shape"] == list(rec.depth.shape)
-    _assert_same(rec, Reconstruction.load(out / "reconstruction.npz"))
+    assert "arrays/world_points.npy" in manifest["files"]
+    # format 2 arrays are memory-mapped copy-on-write: editing a loaded result never touches its files
+    assert isinstance(loaded.depth.base, np.memmap) or isinstance(loaded.depth, np.memmap)
+    loaded.depth[0, 0, 0, 0] = -7.0
+    _assert_same(rec, Reconstruction.load(out))
+
+
+def test_format_1_results_still_load(rec, tmp_path):
+    """A result written before format 2 (arrays in reconstruction.npz) loads with the same arrays."""
+    out = rec.save(tmp_path / "new")
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    arrays = {f.stem: np.load(f) for f in (out / "arrays").glob("*.npy")}
+    np.savez(old / "reconstruction.npz", **arrays, view_names=np.array(rec.view_names, dtype=np.str_))
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    _assert_same(rec, Reconstruction.load(old))
+    _assert_same(rec, Reconstruction.load(old / "reconstruction.npz"))
+    assert bundle.has_result_arrays(old) and bundle.has_result_arrays(out)
 
 
 def test_roundtrip_without_mask_and_gt(rec, tmp_path):

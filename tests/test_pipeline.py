@@ -250,7 +250,7 @@ def test_cli_reconstruct_end_to_end(tmp_path: Path):
     rc = main(["reconstruct", "--views", *views, "--preset", "tiny", "--resolution", str(W), "--window", "3",
                "--overlap", "1", "--lambda-pose", "0.5", "--out", str(out), "--no-progress"])
     assert rc == 0
-    assert (out / "reconstruction.npz").is_file() and (out / "cameras.json").is_file()
+    assert (out / "arrays" / "depth.npy").is_file() and (out / "cameras.json").is_file()
     assert (out / "manifest.json").is_file()
     rec = Reconstruction.load(out)
     assert rec.depth.shape == (T, V, H, W) and rec.view_names == ["cam0", "cam1", "cam2"]

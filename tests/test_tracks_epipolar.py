@@ -77,9 +77,9 @@ def test_reconstruct_with_query_points_stores_and_exports_tracks(tmp_path):
                "--resolution", str(RES), "--frames", "0:5", "--window", "3", "--overlap", "1",
                "--query-points", str(tmp_path / "q.npy"), "--out", str(out), "--no-progress"])
     assert rc == 0
-    with np.load(out / "reconstruction.npz") as npz:
-        assert npz["tracks"].shape == (5, 3, 3, 2) and npz["track_vis"].shape == (5, 3, 3)
-        np.testing.assert_array_equal(npz["query_points"], q)
+    assert np.load(out / "arrays" / "tracks.npy").shape == (5, 3, 3, 2)
+    assert np.load(out / "arrays" / "track_vis.npy").shape == (5, 3, 3)
+    np.testing.assert_array_equal(np.load(out / "arrays" / "query_points.npy"), q)
     rec = Reconstruction.load(out)
     assert rec.tracks.shape == (5, 3, 3, 2) and np.isfinite(rec.tracks).all()
     np.testing.assert_allclose(rec.tracks[0, 0], q, atol=1e-4)  # the track head's frame 0 = the queries
@@ -101,8 +101,7 @@ def test_old_results_without_tracks_load(tmp_path):
                          extrinsic=np.tile(np.eye(3, 4), (1, 2, 1, 1)),
                          intrinsic=np.tile(np.diag([10.0, 10.0, 1.0]), (1, 2, 1, 1)))
     rec.save(tmp_path / "old")
-    with np.load(tmp_path / "old" / "reconstruction.npz") as npz:
-        assert "tracks" not in npz.files
+    assert not (tmp_path / "old" / "arrays" / "tracks.npy").exists()
     assert Reconstruction.load(tmp_path / "old").tracks is None
 
 

@@ -152,13 +152,13 @@ def test_broken_safetensors_is_one_line(tmp_path, capsys, content):
     assert_user_error(rc, err, "weights inspect", "not a safetensors file")
 
 
-def test_record_on_a_truncated_npz(tmp_path, capsys):
+def test_record_on_a_truncated_array(tmp_path, capsys):
     out = tmp_path / "res"
     assert cli_main(recon(SAMPLE, out)) == 0
-    npz = out / "reconstruction.npz"
-    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    npy = out / "arrays" / "depth.npy"
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
     rc, err = run_cli(capsys, "record", str(out), "--out", str(tmp_path / "v.mp4"))
-    assert_user_error(rc, err, "record", "reconstruction.npz", "reconstruct it again")
+    assert_user_error(rc, err, "record", "depth.npy", "reconstruct it again")
     assert not (tmp_path / "v.mp4").exists()
 
 

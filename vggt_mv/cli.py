@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from vggt_mv import distributed
+
+    distributed.quiet_other_ranks()  # under torchrun only rank 0 logs at INFO
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -73,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         command = " ".join(c for c in (args.command, getattr(args, "weights_command", None)) if c)
-        print(f"vggt-mv {command}: error: {one_line(e)}", file=sys.stderr)
+        # every rank runs the same checks before the process group starts: rank 0 alone reports those
+        if distributed.is_main_process() or distributed.current() is not None:
+            print(f"vggt-mv {command}: error: {distributed.rank_prefix()}{one_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a training run that diverged: every rank stops at the same step
         if debug_enabled(args):

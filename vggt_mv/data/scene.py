@@ -70,6 +70,11 @@ class Scene:
     def W(self) -> int:
         return int(self.images.shape[4])
 
+    def frames(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``[t,V,3,H,W]`` and external masks ``[t,V,H,W]`` (or None) of timesteps ``[start, stop)``
+        (views of the loaded tensors; :class:`LazyScene` decodes them instead)."""
+        return self.images[start:stop], None if self.ext_masks is None else self.ext_masks[start:stop]
+
     def window(self, start: int, stop: int) -> "Scene":
         """Timesteps ``[start, stop)`` as a new Scene (tensors are views, not copies)."""
         sl = slice(start, stop)
@@ -299,17 +304,45 @@ def scan_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
     return len(idx), len(cams)
 
 
-def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
-               resolution: int | None = None, mode: str = "crop",
-               frame_range: tuple[int | None, int | None] | None = None, stride: int = 1,
-               device_hint: str | None = None) -> Scene:
-    """Load and preprocess a multi-view sequence (see module doc for layouts and rules).
+def _decode(cams: list[_Camera], plans: list[PreprocessPlan], sizes: list[tuple[int, int]], n: int,
+            idx: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames ``idx`` of every camera: images ``[t,V,3,H,W]`` and external masks ``[t,V,H,W]`` or None."""
+    images, ext = [], []
+    for c, plan, hw in zip(cams, plans, sizes):
+        images.append(_read_preprocessed(c, idx, hw, plan))
+        ext.append(_load_masks(c, n, idx, hw, plan) if c.mask_dir is not None else None)
+    imgs = torch.from_numpy(np.stack(images, axis=1)).permute(0, 1, 4, 2, 3).contiguous()
+    ext_masks = None if ext[0] is None else torch.from_numpy(np.stack(ext, axis=1).astype(np.float32))
+    return imgs, ext_masks
 
-    masks: None = auto (dump ``masks/view_N``, camera-root ``masks/<cam>``), False = none,
-    a list of per-camera mask folders, or a folder holding one subfolder per camera.
-    resolution: target size (multiple of 14); None -> ``default_resolution(device_hint)``.
-    frame_range: ``(start, stop)`` python-slice bounds over the (truncated) frame indices.
-    """
+
+def _load_all_gt(cams: list[_Camera], plans: list[PreprocessPlan], sizes: list[tuple[int, int]], idx: list[int],
+                 layout: str, ext_masks: np.ndarray | None) -> tuple[SceneGT | None, dict]:
+    """Ground truth of frames ``idx`` -> ``(SceneGT or None, which fields exist)``."""
+    gts = [_load_gt(c, idx, hw, plan) for c, plan, hw in zip(cams, plans, sizes)]
+    gt = SceneGT(*[_stack_gt(gts, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")])
+    gt_src = {k: getattr(gt, k) is not None for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")}
+    if gt.dynamic_mask is None and layout == "dump" and ext_masks is not None:
+        gt.dynamic_mask = ext_masks > 0.5
+        gt_src["dynamic_mask"] = "masks/"
+    return (gt if any(v for v in gt_src.values()) else None), gt_src
+
+
+@dataclass
+class _Prepared:
+    """Everything ``load_scene`` knows before decoding more than one frame per camera."""
+
+    layout: str
+    cams: list[_Camera]
+    n: int
+    idx: list[int]
+    plans: list[PreprocessPlan]
+    sizes: list[tuple[int, int]]
+    source: dict
+    frame_names: list[str]
+
+
+def _prepare(views_or_root, masks, resolution, mode, frame_range, stride, device_hint) -> _Prepared:
     target = check_resolution(resolution if resolution is not None else default_resolution(device_hint))
     layout, cams, root, n, idx = _select(views_or_root, masks, frame_range, stride)
     counts = {c.name: c.n for c in cams}
@@ -319,41 +352,91 @@ def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
         log.warning("cameras have different frame counts (%s); truncating all to the shortest: %d frames",
                     ", ".join(f"{k}={v}" for k, v in counts.items()), n)
         source["truncated"] = {"rule": "truncate to the shortest camera", "to": n}
+    with_masks = [c.mask_dir is not None for c in cams]
+    if any(with_masks) and not all(with_masks):
+        missing = [c.name for c, m in zip(cams, with_masks) if not m]
+        raise ValueError(f"masks found for some cameras but not for {missing}; give every "
+                         "camera a mask folder, or pass masks=False")
 
     sizes = [next(c.iter_frames(idx[:1])).shape[:2] for c in cams]   # first selected frame
     final = common_size([plan_preprocess(h, w, mode, target) for h, w in sizes])
-    images, ext, gts = [], [], []
-    for c, plan, hw in zip(cams, final, sizes):
-        images.append(_read_preprocessed(c, idx, hw, plan))
-        ext.append(_load_masks(c, n, idx, hw, plan) if c.mask_dir is not None else None)
-        gts.append(_load_gt(c, idx, hw, plan))
-
-    imgs = torch.from_numpy(np.stack(images, axis=1)).permute(0, 1, 4, 2, 3).contiguous()
-    ext_masks = None
-    if any(e is not None for e in ext):
-        if any(e is None for e in ext):
-            missing = [c.name for c, e in zip(cams, ext) if e is None]
-            raise ValueError(f"masks found for some cameras but not for {missing}; give every "
-                             "camera a mask folder, or pass masks=False")
-        ext_masks = torch.from_numpy(np.stack(ext, axis=1).astype(np.float32))
-    gt = SceneGT(*[_stack_gt(gts, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")])
-    gt_src = {k: getattr(gt, k) is not None for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")}
-    if gt.dynamic_mask is None and layout == "dump" and ext_masks is not None:
-        gt.dynamic_mask = ext_masks.numpy() > 0.5
-        gt_src["dynamic_mask"] = "masks/"
-    has_gt = any(v for v in gt_src.values())
     frame_names = [cams[0].frames[i].parent.name if layout == "dump"
                    else (cams[0].frames[i].stem if cams[0].frames is not None else f"{i:06d}") for i in idx]
     source.update({
         "frame_indices": idx, "frame_range": list(frame_range) if frame_range else None, "stride": stride,
         "masks": {c.name: str(c.mask_dir) for c in cams if c.mask_dir is not None} or None,
-        "gt": gt_src if has_gt else None,
         "preprocess": {"mode": mode, "resolution": target, "out_hw": list(final[0].out_hw),
                        "per_view": {c.name: p.to_dict() for c, p in zip(cams, final)},
                        "pixel_convention": "integer coordinates are pixel centres"},
     })
-    return Scene(images=imgs, ext_masks=ext_masks, gt=gt if has_gt else None,
-                 view_names=[c.name for c in cams], frame_names=frame_names, source=source)
+    return _Prepared(layout, cams, n, idx, final, sizes, source, frame_names)
+
+
+def load_scene(views_or_root: PathLike | Sequence[PathLike], *, masks=None,
+               resolution: int | None = None, mode: str = "crop",
+               frame_range: tuple[int | None, int | None] | None = None, stride: int = 1,
+               device_hint: str | None = None, lazy: bool = False) -> "Scene | LazyScene":
+    """Load and preprocess a multi-view sequence (see module doc for layouts and rules).
+
+    masks: None = auto (dump ``masks/view_N``, camera-root ``masks/<cam>``), False = none,
+    a list of per-camera mask folders, or a folder holding one subfolder per camera.
+    resolution: target size (multiple of 14); None -> ``default_resolution(device_hint)``.
+    frame_range: ``(start, stop)`` python-slice bounds over the (truncated) frame indices.
+    lazy: return a :class:`LazyScene` that decodes frames per window (``scene.frames(start, stop)``)
+      instead of the whole sequence now; only the first frame of each camera is decoded here.
+    """
+    prep = _prepare(views_or_root, masks, resolution, mode, frame_range, stride, device_hint)
+    if lazy:
+        return LazyScene(prep)
+    imgs, ext_masks = _decode(prep.cams, prep.plans, prep.sizes, prep.n, prep.idx)
+    gt, gt_src = _load_all_gt(prep.cams, prep.plans, prep.sizes, prep.idx, prep.layout,
+                              None if ext_masks is None else ext_masks.numpy())
+    source = {**prep.source, "gt": gt_src if gt is not None else None}
+    return Scene(images=imgs, ext_masks=ext_masks, gt=gt, view_names=[c.name for c in prep.cams],
+                 frame_names=prep.frame_names, source=source)
+
+
+class LazyScene:
+    """A scene decoded per window: ``frames(start, stop)`` decodes timesteps ``[start, stop)`` only.
+
+    Same metadata as :class:`Scene` (``T, V, H, W, view_names, frame_names, source``); ``gt`` (optional
+    ground truth) is read whole on first access. Memory is bounded by the largest window asked for.
+    """
+
+    def __init__(self, prep: _Prepared):
+        self._prep = prep
+        h, w = prep.plans[0].out_hw
+        self.T, self.V, self.H, self.W = len(prep.idx), len(prep.cams), int(h), int(w)
+        self.view_names = [c.name for c in prep.cams]
+        self.frame_names = list(prep.frame_names)
+        self.has_ext_masks = prep.cams[0].mask_dir is not None
+        has_gt = {"depth": all(c.depth for c in prep.cams), "intrinsic": all(c.intr for c in prep.cams),
+                  "extrinsic": all(c.extr for c in prep.cams), "dynamic_mask": all(c.dyn for c in prep.cams)}
+        if not has_gt["dynamic_mask"] and prep.layout == "dump" and self.has_ext_masks:
+            has_gt["dynamic_mask"] = "masks/"
+        self.source = {**prep.source, "gt": has_gt if any(has_gt.values()) else None, "decoded": "per window"}
+        self._gt: SceneGT | None = None
+        self._gt_loaded = not any(has_gt.values())
+
+    def frames(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``[t,V,3,H,W]`` float32 in [0,1] and external masks ``[t,V,H,W]`` (or None) of
+        timesteps ``[start, stop)``, decoded now."""
+        if not 0 <= start < stop <= self.T:
+            raise IndexError(f"frames [{start}, {stop}) outside the scene's 0..{self.T}")
+        p = self._prep
+        return _decode(p.cams, p.plans, p.sizes, p.n, p.idx[start:stop])
+
+    @property
+    def gt(self) -> SceneGT | None:
+        if not self._gt_loaded:
+            p = self._prep
+            ext = None
+            if self.has_ext_masks and p.layout == "dump":
+                ext = np.stack([_load_masks(c, p.n, p.idx, hw, plan)
+                                for c, plan, hw in zip(p.cams, p.plans, p.sizes)], axis=1)
+            self._gt, _ = _load_all_gt(p.cams, p.plans, p.sizes, p.idx, p.layout, ext)
+            self._gt_loaded = True
+        return self._gt
 
 
 def scene_from_arrays(images: np.ndarray, *, depth: np.ndarray | None = None,

@@ -78,8 +78,10 @@ def run_export_html(args: argparse.Namespace) -> int:
     result_dir: Path = args.result_dir
     if not result_dir.exists():
         raise ValueError(f"RESULT_DIR {result_dir} does not exist")
-    if not (result_dir.is_dir() and (result_dir / "reconstruction.npz").is_file()):
-        raise ValueError(f"RESULT_DIR {result_dir} is not a vggt-mv result folder (no reconstruction.npz); "
+    from vggt_mv.export.bundle import has_result_arrays
+
+    if not (result_dir.is_dir() and has_result_arrays(result_dir)):
+        raise ValueError(f"RESULT_DIR {result_dir} is not a vggt-mv result folder (no arrays/ or reconstruction.npz); "
                          "pass a folder written by `vggt-mv reconstruct`")
     if args.image_size < 0:
         raise ValueError(f"--image-size must be >= 0, got {args.image_size}")

@@ -87,8 +87,11 @@ def run_record(args: argparse.Namespace) -> int:
     check_output(args.out, kind="file", inputs=[result_dir], is_ours=is_recorded_video)
     if not result_dir.exists():
         raise FileNotFoundError(f"RESULT_DIR {result_dir} does not exist")
-    if not (result_dir.is_dir() and (result_dir / "reconstruction.npz").is_file()):
-        raise FileNotFoundError(f"RESULT_DIR {result_dir} is not a vggt-mv result folder (no reconstruction.npz)")
+    from vggt_mv.export.bundle import has_result_arrays
+
+    if not (result_dir.is_dir() and has_result_arrays(result_dir)):
+        raise FileNotFoundError(f"RESULT_DIR {result_dir} is not a vggt-mv result folder (no arrays/ or "
+                                "reconstruction.npz)")
     try:
         rec = Reconstruction.load(result_dir)
     except (OSError, KeyError, ValueError) as e:

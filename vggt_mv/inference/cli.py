@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import sys
 import time
 
 log = logging.getLogger("vggt_mv.inference")
@@ -215,8 +217,14 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from vggt_mv.weights.hub import implied_preset, resolve_weights
     from vggt_mv.weights.loader import partial_weights_note
 
+    from vggt_mv import distributed
+    from vggt_mv.export.bundle import ARRAYS_DIR, write_reconstruction
+    from vggt_mv.export.output import output_dir
+    from vggt_mv.inference.exchange import RankFailure
+
     _check_options(args)
-    device = select_device(args.device)
+    device = select_device("cpu" if args.device == "cpu" else "auto") if distributed.under_torchrun() \
+        else select_device(args.device)
     inputs = _inputs(args)
     check_output(args.out, kind="dir", inputs=inputs, is_ours=is_result_dir)
     masks = args.masks
@@ -235,6 +243,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from_file = args.checkpoint and not (args.config or args.preset or implied_preset(args.checkpoint, args.pi3))
     cfg = None if from_file else _build_config(args)
     previous = None if cfg is None else _check_priors(args, args.layout or cfg.layout, num_v)
+    # under torchrun: every rank checked the same things above; now join the group (rank 0 alone downloads)
+    env = distributed.init_from_env(args.device)
+    if env.distributed:
+        device = env.device
     checkpoint = resolve_weights(args.checkpoint, "--checkpoint")
     pi3 = resolve_weights(args.pi3, "--pi3")
     if cfg is None:
@@ -244,7 +256,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = _load_model(cfg, args, str(device), checkpoint, pi3)
     scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
-                       stride=args.stride, device_hint=device.type)
+                       stride=args.stride, device_hint=device.type, lazy=True)  # frames decoded per window
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
              ", ".join(scene.view_names))
     query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
@@ -255,7 +267,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         model.set_lambdas(**lambdas)
 
     bar = None
-    if not args.no_progress:
+    if not args.no_progress and env.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=100, desc="reconstruct", unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]{postfix}")
@@ -265,17 +277,38 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             bar.n = round(100 * fraction)
             bar.set_postfix_str(message, refresh=True)
 
+    options = dict(window=args.window, overlap=args.overlap, layout=args.layout, device=device, dtype=args.dtype,
+                   progress=progress, conf_landmarks=args.conf_landmarks, query_points=query_points,
+                   epipolar=epipolar, dist_env=env if env.distributed else None)
     try:
-        rec = reconstruct(scene, model, window=args.window, overlap=args.overlap, layout=args.layout,
-                          device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks,
-                          query_points=query_points, epipolar=epipolar)
+        if not env.is_main:  # a worker rank: its windows go to rank 0, which writes the output
+            reconstruct(scene, model, **options)
+            distributed.shutdown()
+            return 0
+        # the stitched arrays are memory-mapped straight into the output's temp folder; SIGTERM (torchrun
+        # stopping the ranks after one failed) or any error removes that folder: no partial output
+        with distributed.on_sigterm(), output_dir(args.out, inputs=inputs, is_ours=is_result_dir) as tmp:
+            rec = reconstruct(scene, model, store=tmp / ARRAYS_DIR, **options)
+            rec.meta["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
+            write_reconstruction(rec, tmp, conf_percentile=args.conf_percentile)
+            del rec  # its memory maps point into tmp, which is renamed now
+    except RankFailure as e:
+        print(f"vggt-mv reconstruct: error: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        # the output's temp folder is gone already; skip interpreter teardown, which would wait on (or
+        # abort over) the process group's pending point-to-point work with the failed rank
+        os._exit(1)
+    except distributed.Terminated:
+        print("vggt-mv reconstruct: error: rank 0 was stopped (SIGTERM) while writing the output; no output "
+              "written", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()
-    rec.meta["cli"] = {k: v for k, v in vars(args).items() if k != "func"}
-    out = rec.save(args.out, conf_percentile=args.conf_percentile, inputs=inputs)
+    distributed.shutdown()
+    out = args.out
     note = partial_weights_note(model)
-    log.info("wrote %s (%d timesteps x %d views, %.1fs total)%s", out, rec.num_timesteps, rec.num_views,
-             time.perf_counter() - t0, f"; {note}" if note else "")
+    log.info("wrote %s (%d timesteps x %d views, %d rank(s), %.1fs total)%s", out, scene.T, scene.V,
+             env.world_size, time.perf_counter() - t0, f"; {note}" if note else "")
     print(out)
     return 0

@@ -7,25 +7,35 @@ memory is bounded by one window), aligned to the stitched result by Sim(3) and w
 ``[T, V, ...]`` result. With a ``PipelineCache`` each window's aggregator state at the first
 λ/sparse-affected layer is stored, and a re-run that changed only λ / sparse settings resumes
 there (``vggt_mv.inference.cache`` documents the key rule).
+
+Frames come from ``scene.frames(start, stop)`` per window (a ``LazyScene`` decodes them then), and
+with ``store`` the stitched arrays are memory-mapped files, so memory is bounded by a window. Under
+torchrun (``dist_env``) window i runs on rank i mod N and rank 0 stitches (DESIGN §9).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vggt_mv.distributed import DistEnv, Terminated, backend
 from vggt_mv.inference.cache import PipelineCache, weights_fingerprint, window_key
+from vggt_mv.inference.exchange import RankFailure, WindowPayload, receive_window, send_window
 from vggt_mv.inference.device import autocast_context, select_autocast_dtype, select_device
 from vggt_mv.inference.geometry import unproject_depth
 from vggt_mv.inference.priors import check_epipolar_layout
 from vggt_mv.inference.reconstruction import Reconstruction
-from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, plan_windows
+from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, allocate, plan_windows
 from vggt_mv.weights.loader import partial_weights_note
 
 log = logging.getLogger("vggt_mv.inference")
@@ -204,6 +214,28 @@ def _to_uint8_hwc(images: torch.Tensor, chunk: int = 4) -> np.ndarray:
     return out
 
 
+def _maybe_die(rank: int, index: int) -> None:
+    """Test hook: ``VGGT_MV_TEST_DIE_RANK=R:I`` kills rank R (SIGKILL) before it hands over window I."""
+    spec = os.environ.get("VGGT_MV_TEST_DIE_RANK", "")
+    if spec and spec == f"{rank}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _scene_shape(scene: Any) -> tuple[int, int, int, int]:
+    if hasattr(scene, "frames") and not hasattr(scene, "images"):  # LazyScene
+        return scene.T, scene.V, scene.H, scene.W
+    images = scene.images
+    if images.dim() != 5 or images.shape[2] != 3:
+        raise ValueError(f"scene.images must be [T,V,3,H,W], got {tuple(images.shape)}")
+    return tuple(int(x) for x in (images.shape[0], images.shape[1], images.shape[3], images.shape[4]))
+
+
+def _frames(scene: Any, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if hasattr(scene, "frames"):
+        return scene.frames(start, stop)
+    return scene.images[start:stop], None if scene.ext_masks is None else scene.ext_masks[start:stop]
+
+
 def reconstruct(
     scene: Any,
     model: torch.nn.Module,
@@ -219,9 +251,12 @@ def reconstruct(
     conf_landmarks: bool = False,
     query_points: np.ndarray | None = None,
     epipolar: Any = None,
-) -> Reconstruction:
-    """Reconstruct ``scene`` (``images [T,V,3,H,W]`` in [0,1]) window by window -> ``Reconstruction``.
+    store: str | os.PathLike | None = None,
+    dist_env: DistEnv | None = None,
+) -> Reconstruction | None:
+    """Reconstruct ``scene`` window by window -> ``Reconstruction``.
 
+    scene: a ``Scene`` (``images [T,V,3,H,W]`` in [0,1]) or a ``LazyScene`` (frames decoded per window).
     window / overlap: timesteps per model call and timesteps shared with the previous window
       (only used for alignment; the earlier window's values are kept).
     layout: ``flat`` / ``factorized`` (default: the model config's); one view always runs 5-D.
@@ -236,18 +271,27 @@ def reconstruct(
       resolution (``vggt_mv.inference.priors.load_query_points``); needs a track head. The result
       gets ``tracks [T,V,N,2]`` / ``track_vis [T,V,N]`` (chained across windows, see priors).
     epipolar: an ``EpipolarCameras`` (``priors.epipolar_cameras``) feeding ``EpipolarPrior`` per window.
+    store: a folder for the result's arrays as memory-mapped ``.npy`` files (e.g. the output's temp
+      folder ``arrays/``); default: in memory.
+    dist_env: a multi-rank ``vggt_mv.distributed.DistEnv``: window i runs on rank i mod N and goes to
+      rank 0 (``vggt_mv.inference.exchange``), which stitches in window order exactly as one process
+      does. Returns the result on rank 0 and None on the other ranks.
 
     The result's ``meta`` holds the run manifest (scene source, config, weights identity, λ,
-    layout, windows with their Sim(3), cache hits, timings, versions).
+    layout, windows with their Sim(3) and rank, cache hits, timings, versions, world size).
     """
     t_start = time.perf_counter()
-    images = scene.images
-    if images.dim() != 5 or images.shape[2] != 3:
-        raise ValueError(f"scene.images must be [T,V,3,H,W], got {tuple(images.shape)}")
-    T, V, _, H, W = images.shape
+    T, V, H, W = _scene_shape(scene)
     layout = layout or model.config.layout
     if layout not in ("flat", "factorized"):
         raise ValueError(f"layout must be 'flat' or 'factorized', got {layout!r}")
+    world = dist_env.world_size if dist_env is not None else 1
+    rank = dist_env.rank if dist_env is not None else 0
+    if world > 1 and query_points is not None:
+        raise ValueError("--query-points chains each window's tracks from the previous window: run it on one "
+                         "process (without torchrun)")
+    if world > 1 and cache is not None:
+        raise ValueError("a PipelineCache belongs to one process; pass cache=None under torchrun")
     dev = select_device(device)
     amp = select_autocast_dtype(dev, dtype)
     plans: list[WindowPlan] = plan_windows(T, window, overlap)
@@ -256,8 +300,6 @@ def reconstruct(
         model.to(dev)
     was_training = model.training
     model.eval()
-    stitcher = Stitcher(T)
-    win_meta: list[dict] = []
     tracks = _TrackStitcher(T, V, query_points, model) if query_points is not None else None
     if epipolar is not None:
         check_epipolar_layout(epipolar.source, layout, V)
@@ -266,36 +308,88 @@ def reconstruct(
         if progress is not None:
             progress(float(fraction), message)
 
-    report(0.0, f"{len(plans)} window(s) of {plans[0].length} timestep(s) x {V} view(s) on {dev.type}")
+    def compute(plan: WindowPlan) -> WindowPayload:
+        """Run one window here -> its prediction (all Tw steps) + uint8 images of its new steps."""
+        t0 = time.perf_counter()
+        imgs, masks = _frames(scene, plan.start, plan.stop)
+        u8 = _to_uint8_hwc(imgs[plan.keep_from:])
+        imgs = imgs[None].to(dev, torch.float32)
+        masks = None if masks is None else masks[None].to(dev, torch.float32)
+        qp = None if tracks is None else tracks.queries(plan.start, dev)
+        prior = None if epipolar is None else epipolar.window(plan.start, plan.stop, dev)
+        epi_id = "off" if epipolar is None else epipolar.identity(plan.start, plan.stop)
+        out, info = predict_window(model, imgs, masks, layout=layout, device=dev, autocast_dtype=amp,
+                                   cache=cache, conf_landmarks=conf_landmarks, query_points=qp,
+                                   epipolar=prior, epipolar_id=epi_id)
+        t1 = time.perf_counter()
+        if tracks is not None:
+            tracks.add(plan.start, plan.stop, out)
+        pred = outputs_to_prediction(out, (H, W))
+        del out, imgs, masks
+        arrays = {f.name: getattr(pred, f.name) for f in dataclasses.fields(pred) if getattr(pred, f.name) is not None}
+        arrays["images"] = u8
+        return WindowPayload(plan.index, arrays, {**info, "rank": rank, "model_s": t1 - t0,
+                                                  "compute_s": time.perf_counter() - t0})
+
+    if rank != 0:  # a worker: run my windows, hand each to rank 0 when it asks for it
+        try:
+            with torch.inference_mode():
+                for plan in plans[rank::world]:
+                    payload = compute(plan)
+                    _maybe_die(rank, plan.index)
+                    send_window(payload, dst=0, timeout=dist_env.timeout_s)
+                    del payload
+        finally:
+            model.train(was_training)
+        return None
+
+    stitcher = Stitcher(T, store=None if store is None else Path(store))
+    images_u8 = allocate(None if store is None else Path(store), "images", (T, V, H, W, 3), np.uint8)
+    win_meta: list[dict] = []
+    exchange = {"bytes_received": 0, "max_windows_held": 0}
+    held = 0
+    report(0.0, f"{len(plans)} window(s) of {plans[0].length} timestep(s) x {V} view(s) on {dev.type}"
+                + (f", {world} ranks" if world > 1 else ""))
     try:
         with torch.inference_mode():
             for plan in plans:
                 if _is_cancelled(cancel):
                     raise Cancelled(f"reconstruction cancelled before window {plan.index + 1}/{len(plans)}")
                 t0 = time.perf_counter()
-                imgs = images[plan.start:plan.stop][None].to(dev, torch.float32)
-                masks = None if scene.ext_masks is None else scene.ext_masks[plan.start:plan.stop][None].to(dev, torch.float32)
-                qp = None if tracks is None else tracks.queries(plan.start, dev)
-                prior = None if epipolar is None else epipolar.window(plan.start, plan.stop, dev)
-                epi_id = "off" if epipolar is None else epipolar.identity(plan.start, plan.stop)
-                out, info = predict_window(model, imgs, masks, layout=layout, device=dev, autocast_dtype=amp,
-                                           cache=cache, conf_landmarks=conf_landmarks, query_points=qp,
-                                           epipolar=prior, epipolar_id=epi_id)
-                t1 = time.perf_counter()
-                if tracks is not None:
-                    tracks.add(plan.start, plan.stop, out)
-                pred = outputs_to_prediction(out, (H, W))
-                del out, imgs, masks
+                owner = plan.index % world
+                span = f"window {plan.index} (t={plan.start}..{plan.stop - 1})"
+                try:
+                    if owner == 0:
+                        payload = compute(plan)
+                    else:
+                        payload, nbytes = receive_window(plan.index, owner, timeout=dist_env.timeout_s)
+                        exchange["bytes_received"] += nbytes
+                except Terminated:
+                    doing = "running it here" if owner == 0 else f"waiting for it from rank {owner}"
+                    raise RankFailure(f"rank 0 was stopped (SIGTERM: torchrun stops every rank when one fails) "
+                                      f"at {span}, {doing}; no output written") from None
+                except (RuntimeError, TimeoutError) as e:
+                    if owner == 0 or isinstance(e, RankFailure):
+                        raise
+                    raise RankFailure(f"rank {owner} failed before handing over {span} ({e}); no output "
+                                      "written") from None
+                held += 1  # finished windows alive on rank 0 (instrumented for the manifest / benchmark)
+                exchange["max_windows_held"] = max(exchange["max_windows_held"], held)
+                info, arrays = payload.info, payload.arrays
+                u8 = arrays.pop("images")
+                pred = WindowPrediction(**{f.name: arrays.get(f.name) for f in dataclasses.fields(WindowPrediction)})
                 stitcher.add(plan, pred)
-                del pred  # its arrays are in the stitcher now; do not hold them through the next forward
-                win_meta.append({**stitcher.info[-1], **info, "model_s": t1 - t0, "total_s": time.perf_counter() - t0})
+                images_u8[plan.start + plan.keep_from:plan.stop] = u8
+                del pred, arrays, u8, payload  # held no longer than its stitching
+                held -= 1
+                win_meta.append({**stitcher.info[-1], **info, "total_s": time.perf_counter() - t0})
                 report((plan.index + 1) / len(plans),
-                       f"window {plan.index + 1}/{len(plans)} (t={plan.start}..{plan.stop - 1}, cache {info['cache']})")
+                       f"window {plan.index + 1}/{len(plans)} (t={plan.start}..{plan.stop - 1}, "
+                       f"cache {info['cache']}, rank {owner})")
     finally:
         model.train(was_training)
 
     res = stitcher.result()
-    imgs_u8 = _to_uint8_hwc(images)
     gt = None
     if getattr(scene, "gt", None) is not None:
         gt = {k: getattr(scene.gt, k) for k in ("depth", "intrinsic", "extrinsic", "dynamic_mask")
@@ -315,6 +409,11 @@ def reconstruct(
         "layout": layout if V > 1 else "flat (single view: 5-D path)",
         "window": window, "overlap": overlap,
         "windows": win_meta,
+        "world_size": world,
+        "distributed": None if world == 1 else {
+            "backend": backend(), "rule": "window i on rank i mod world_size; rank 0 stitches in window order",
+            "timeout_s": dist_env.timeout_s, "bytes_received_by_rank0": exchange["bytes_received"],
+            "max_windows_held_by_rank0": exchange["max_windows_held"]},
         "device": str(dev), "autocast_dtype": str(amp) if amp is not None else "float32 (no autocast)",
         "conf_landmarks": conf_landmarks,
         "epipolar": "off" if epipolar is None else {"source": epipolar.source, "strength": epipolar.strength,
@@ -328,7 +427,7 @@ def reconstruct(
     if cache is not None:
         meta["cache"] = {**cache.stats(), "weights_fingerprint": weights_fingerprint(model),
                          "first_affected_layer": model.aggregator.first_affected_layer()}
-    rec = Reconstruction(images=imgs_u8, depth=res.depth, depth_conf=res.depth_conf, world_points=res.world_points,
+    rec = Reconstruction(images=images_u8, depth=res.depth, depth_conf=res.depth_conf, world_points=res.world_points,
                          world_points_conf=res.world_points_conf, extrinsic=res.extrinsic, intrinsic=res.intrinsic,
                          dynamic_mask=res.dynamic_mask, view_names=list(getattr(scene, "view_names", []) or []) or None,
                          meta=meta, gt=gt,

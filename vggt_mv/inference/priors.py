@@ -67,7 +67,7 @@ def load_query_points(path: str | Path, scene: Any, space: str = "model") -> np.
     if space not in ("model", "original"):
         raise ValueError(f"query-point space must be 'model' or 'original', got {space!r}")
     q = read_query_file(path)
-    h, w = int(scene.images.shape[-2]), int(scene.images.shape[-1])
+    h, w = int(scene.H), int(scene.W)
     if q.shape[1] == 4:
         gt = getattr(scene, "gt", None)
         if gt is None or gt.intrinsic is None or gt.extrinsic is None:

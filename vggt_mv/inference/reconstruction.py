@@ -226,12 +226,30 @@ class Reconstruction:
             return self.world_points, self.world_points_conf
         raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
 
+    def _source_at(self, source: Source, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """``_source`` of one timestep ``([V,H,W,3], [V,H,W])``, unprojecting only that timestep
+        (so exports of a memory-mapped result never build sequence-sized point arrays)."""
+        if source == "depth":
+            if "points_from_depth" in self._cache:
+                return self._cache["points_from_depth"][t], self.depth_conf[t]
+            sl = slice(t, t + 1)
+            return unproject_depth(self.depth[sl], self.intrinsic[sl], self.extrinsic[sl])[0], self.depth_conf[t]
+        if source == "points":
+            return self.world_points[t], self.world_points_conf[t]
+        raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
+
     def _valid(self, source: Source, t: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(valid bool, conf)`` for all timesteps ``[T,V,H,W]`` or one timestep ``[V,H,W]``."""
-        points, conf = self._source(source)
-        depth = self.depth
-        if t is not None:
-            points, conf, depth = points[t], conf[t], depth[t]
+        """``(valid bool, conf)`` for all timesteps ``[T,V,H,W]`` or one timestep ``[V,H,W]``
+        (computed a timestep at a time)."""
+        if t is None:
+            valid = np.empty(self.depth.shape, dtype=bool)
+            for i in range(self.num_timesteps):
+                valid[i] = self._valid(source, i)[0]
+            if source not in ("depth", "points"):
+                raise ValueError(f"source must be 'depth' or 'points', got {source!r}")
+            return valid, self.depth_conf if source == "depth" else self.world_points_conf
+        points, conf = self._source_at(source, t)
+        depth = self.depth[t]
         valid = np.isfinite(conf) & np.all(np.isfinite(points), axis=-1)
         if source == "depth":
             valid &= np.isfinite(depth) & (depth > 0)
@@ -244,8 +262,16 @@ class Reconstruction:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
         key = f"percentile:{source}:{float(percentile)!r}"
         if key not in self._cache:
-            valid, conf = self._valid(source)
-            self._cache[key] = np.percentile(conf[valid], percentile) if valid.any() else -np.inf
+            # the valid confidences gathered a timestep at a time into one buffer, sorted in place
+            per_t = [self._valid(source, t) for t in range(self.num_timesteps)]
+            values = np.empty(sum(int(v.sum()) for v, _ in per_t), np.float32)
+            offset = 0
+            for valid, conf in per_t:
+                n = int(valid.sum())
+                values[offset:offset + n] = conf[valid]
+                offset += n
+            del per_t
+            self._cache[key] = np.percentile(values, percentile, overwrite_input=True) if len(values) else -np.inf
         return self._cache[key]
 
     def confidence_mask(
@@ -341,11 +367,11 @@ class Reconstruction:
 
         With ``t`` given, ``keep`` is ``[V,H,W]`` and only timestep ``t`` is read.
         """
-        points, _ = self._source(source)
         if t is not None:
             idx = (np.full(int(keep.sum()), t),) + np.nonzero(keep)
-            return points[idx].astype(np.float32), self._colors(idx, color_by)
-        return points[keep].astype(np.float32), self._colors(keep, color_by)
+            return self._source_at(source, t)[0][keep].astype(np.float32), self._colors(idx, color_by)
+        pts = [self._source_at(source, i)[0][keep[i]].astype(np.float32) for i in range(self.num_timesteps)]
+        return (np.concatenate(pts) if pts else np.zeros((0, 3), np.float32)), self._colors(keep, color_by)
 
     def points(
         self,
@@ -433,11 +459,16 @@ class Reconstruction:
         return self._cache["scene_scale"]
 
     def _sample_valid_points(self, max_points: int = 200_000) -> np.ndarray:
-        keep = self.confidence_mask("depth")
-        pts = self.points_from_depth()[keep]
-        if len(pts) > max_points:
-            pts = pts[:: int(np.ceil(len(pts) / max_points))]
-        return pts
+        """Every k-th valid unprojected point (k = ceil(count / max_points)), a timestep at a time."""
+        counts = [int(self._valid("depth", t)[0].sum()) for t in range(self.num_timesteps)]
+        step = int(np.ceil(sum(counts) / max_points)) if sum(counts) > max_points else 1
+        out, offset = [], 0
+        for t, n in enumerate(counts):
+            if n:
+                pts = self._source_at("depth", t)[0][self._valid("depth", t)[0]]
+                out.append(pts[(-offset) % step::step])
+            offset += n
+        return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | os.PathLike, **export_options: Any) -> Path:

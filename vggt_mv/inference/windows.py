@@ -19,13 +19,24 @@ and the dynamic mask are unchanged. All of this is numpy and independent of the 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 
 from vggt_mv.inference.alignment import align_cameras, apply_sim3, transform_extrinsic, umeyama
 from vggt_mv.inference.geometry import camera_centers
 
-__all__ = ["WindowPlan", "plan_windows", "Sim3", "WindowPrediction", "estimate_sim3", "Stitcher", "stitch"]
+__all__ = ["WindowPlan", "plan_windows", "Sim3", "WindowPrediction", "estimate_sim3", "Stitcher", "stitch",
+           "allocate"]
+
+
+def allocate(store: Path | None, name: str, shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
+    """A result array: in memory (filled with ``fill``), or with ``store`` a memory-mapped
+    ``store/NAME.npy`` (zero-filled until written; its pages go to disk, not to process memory)."""
+    if store is None:
+        return np.full(shape, fill if fill is not None else 0, dtype)
+    Path(store).mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(Path(store) / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
 @dataclass(frozen=True)
@@ -168,11 +179,15 @@ class Stitcher:
     """Accumulates window predictions into ``[T, V, ...]`` arrays in the first window's frame.
 
     Output arrays are allocated on the first ``add``; only the window being added is held besides
-    them, so memory beyond the result itself is bounded by one window.
+    them, so memory beyond the result itself is bounded by one window. With ``store`` (a folder) the
+    arrays are memory-mapped ``.npy`` files there (see :func:`allocate`), so not even the result
+    itself stays in memory.
     """
 
-    def __init__(self, num_timesteps: int, conf_quantile: float = 0.5, max_points: int = 20000):
+    def __init__(self, num_timesteps: int, conf_quantile: float = 0.5, max_points: int = 20000,
+                 store: Path | None = None):
         self.T = num_timesteps
+        self.store = store
         self.conf_quantile = conf_quantile
         self.max_points = max_points
         self.arrays: dict[str, np.ndarray | None] = {}
@@ -183,7 +198,8 @@ class Stitcher:
     def _allocate(self, pred: WindowPrediction) -> None:
         for f in fields(pred):
             a = getattr(pred, f.name)
-            self.arrays[f.name] = None if a is None else np.full((self.T, *a.shape[1:]), np.nan, np.float32)
+            self.arrays[f.name] = None if a is None else allocate(self.store, f.name, (self.T, *a.shape[1:]),
+                                                                  np.float32, np.nan)
 
     def add(self, plan: WindowPlan, pred: WindowPrediction) -> Sim3:
         """Align ``pred`` (timesteps ``plan.start:plan.stop``) to the stitched result and write its new steps."""
