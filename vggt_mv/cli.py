@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        from vggt_mv import distributed
-
         if distributed.is_main_process():
             print(f"vggt-mv {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 1
