@@ -68,8 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"mask-bias lambda_{name.replace('-', '_')} (default: the preset's)")
     p.add_argument("--sparse", choices=["none", "landmark", "dilated", "memory_bank"], default=None,
                    help="sparse Global-SA strategy (default: the preset's)")
-    p.add_argument("--conf-landmarks", action="store_true",
-                   help="landmark strategy: rank anchors by a first pass's confidence")
+    p.add_argument("--landmarks", choices=["saliency", "confidence", "keypoints"], default=None,
+                   help="landmark strategy's anchors: feature saliency (default), a first pass's confidence, or "
+                        "the top-K keypoint patches per image (needs --keypoints)")
+    p.add_argument("--conf-landmarks", action="store_true", help="the same as --landmarks confidence")
+    p.add_argument("--keypoints", nargs="+", metavar="SRC",
+                   help="keypoint source for the sparse layers' bias and --landmarks keypoints: sift[:K] (OpenCV "
+                        "SIFT, top K=64 per frame), a SegAnyMo output folder (moseg/view_N/dynamic_traj.npy), or "
+                        "one folder per camera (or one holding a subfolder per camera) of heat-map PNGs / .npy "
+                        "[N,2] point lists, one per frame")
+    for name in ("kpt", "kpt-pose"):
+        p.add_argument(f"--lambda-{name}", type=float, default=None, dest=f"lambda_{name.replace('-', '_')}",
+                       help=f"keypoint-bias lambda_{name.replace('-', '_')} on the sparse layers' "
+                            f"{'geo' if name == 'kpt' else 'pose'} rows (default: the preset's, 0)")
     p.add_argument("--time-bias", type=float, default=None, metavar="S",
                    help="Time-SA relative-time bias -S*(dt)^2 on the logits (0 = none; default: the config's)")
     p.add_argument("--epipolar", choices=["off", "gt", "previous"], default="off",
@@ -116,10 +127,16 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.resolution > args.max_resolution:
             raise ValueError(f"--resolution {args.resolution} is above the ceiling {args.max_resolution} (memory "
                              "grows with its square); use a smaller one or raise --max-resolution")
-    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "time_bias"):
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "lambda_kpt", "lambda_kpt_pose",
+                 "time_bias"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.conf_landmarks and args.landmarks not in (None, "confidence"):
+        raise ValueError(f"--conf-landmarks means --landmarks confidence, but --landmarks {args.landmarks} was "
+                         "given; keep one of them")
+    if args.landmarks == "keypoints" and not args.keypoints:
+        raise ValueError("--landmarks keypoints needs a keypoint source: add --keypoints sift (or a folder)")
     parse_dtype(args.dtype)
 
 
@@ -128,8 +145,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     from vggt_mv.weights.hub import parse_weights_ref
 
     weights = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None]
+    keypoints = [k for k in (args.keypoints or []) if not k.startswith("sift")]
     return [p for p in [*(args.views or []), args.scene, *(args.masks or []), *weights,
-                        args.query_points, args.epipolar_from] if p]
+                        args.query_points, args.epipolar_from, *keypoints] if p]
 
 
 def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
@@ -174,7 +192,15 @@ def _build_config(args: argparse.Namespace, checkpoint=None):
         cfg.sparse.strategy = args.sparse
     if args.time_bias is not None:
         cfg.time_bias.strength = float(args.time_bias)
-    return cfg.validate()
+    for name in ("lambda_kpt", "lambda_kpt_pose"):  # range-checked here, before any weights load
+        if getattr(args, name) is not None:
+            setattr(cfg.sparse, name, float(getattr(args, name)))
+    try:
+        return cfg.validate()
+    except ValueError as e:
+        if "lambda_kpt" in str(e):
+            raise ValueError(f"--lambda-kpt / --lambda-kpt-pose: {e}") from None
+        raise
 
 
 def _load_model(cfg, args: argparse.Namespace, device: str, checkpoint=None, pi3=None):
@@ -227,6 +253,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     source = args.views if args.views else args.scene
     frames = _frames(args.frames)
     num_t, num_v = scan_scene(source, masks=masks, frame_range=frames, stride=args.stride)
+    if args.keypoints:
+        from vggt_mv.data.keypoints import check_keypoint_source
+
+        check_keypoint_source(args.keypoints, num_v, num_t)
     try:
         plan_windows(num_t, args.window, args.overlap)
     except ValueError as e:
@@ -250,9 +280,17 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
     epipolar = epipolar_cameras(args.epipolar, scene, previous, layout=layout if scene.V > 1 else "flat",
                                 strength=args.epipolar_strength, band=args.epipolar_band)
+    if args.keypoints:
+        from vggt_mv.data.keypoints import load_keypoints, parse_keypoint_source
+
+        src = parse_keypoint_source(args.keypoints)
+        scene.keypoints = load_keypoints(src, scene)
+        scene.source["keypoints"] = src.describe()
     lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
     if any(v is not None for v in lambdas.values()):
         model.set_lambdas(**lambdas)
+    if args.lambda_kpt is not None or args.lambda_kpt_pose is not None:
+        model.set_keypoint_lambdas(lambda_kpt=args.lambda_kpt, lambda_kpt_pose=args.lambda_kpt_pose)
 
     bar = None
     if not args.no_progress:
@@ -268,7 +306,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     try:
         rec = reconstruct(scene, model, window=args.window, overlap=args.overlap, layout=args.layout,
                           device=device, dtype=args.dtype, progress=progress, conf_landmarks=args.conf_landmarks,
-                          query_points=query_points, epipolar=epipolar)
+                          query_points=query_points, epipolar=epipolar, landmarks=args.landmarks)
     finally:
         if bar is not None:
             bar.close()

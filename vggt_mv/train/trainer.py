@@ -87,12 +87,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay; biases/norms/tokens don't; mask-bias scalars get ``lambda_lr_mult``."""
+    """AdamW groups: matrices decay; biases/norms/tokens don't; mask/keypoint-bias scalars get ``lambda_lr_mult``."""
     decay, no_decay, scalars = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith("aggregator.mask_bias."):
+        if name.startswith(("aggregator.mask_bias.", "aggregator.keypoint_bias.")):
             scalars.append(p)
         elif p.dim() >= 2 and "token" not in name and "pos_embed" not in name:
             decay.append(p)
