@@ -270,3 +270,21 @@ def test_bad_keypoint_inputs_are_one_line_errors_naming_the_file(tmp_path, capsy
     rc, err = run_cli(capsys, "reconstruct", "--scene", str(root), "--preset", "tiny", "--keypoints", "sift:0",
                       "--no-progress", "--out", str(tmp_path / "o"))
     assert_user_error(rc, err, "reconstruct", "--keypoints sift:0")
+
+
+def test_keypoint_attention_mass_diagnostic():
+    from vggt_mv.eval.attention_mass import keypoint_attention_mass
+
+    m = _model("streams", k=4)
+    imgs, kp = _images(), torch.zeros(1, 2, 2, 42, 56)
+    kp[..., 3, 5] = kp[..., 30, 40] = 1.0
+    off = keypoint_attention_mass(m, imgs, kp)
+    assert all(r["mass_with_bias"] == r["mass_without_bias"] for r in off)  # lambda_kpt = 0
+    m.set_keypoint_lambdas(lambda_kpt=3.0)
+    on = keypoint_attention_mass(m, imgs, kp)
+    assert [(r["layer"], r["stream"]) for r in on] == [(6, "pose"), (6, "geo"), (7, "pose"), (7, "geo")]
+    for r in on:
+        if r["stream"] == "geo":  # 2 of 12 patches: the bias pulls the geo rows' attention onto them
+            assert r["mass_with_bias"] > r["mass_without_bias"] + 0.2
+        else:
+            assert r["mass_with_bias"] == r["mass_without_bias"]

@@ -323,16 +323,23 @@ class Aggregator(nn.Module):
         y = blk(group(x), pos.repeat(vg, 1).expand(b * tg, -1, -1), bias)
         return y.reshape(b, tg, vg, n, c)
 
-    def _sparse_step(self, blk, x, pos, layer, stream, key_value, tv, landmark_scores, keypoints=None):
-        b, tg, vg, n, c = x.shape
-        t, v = tv
+    def sparse_bias(self, x, layer, stream, key_value, keypoints=None) -> LowRankBias | None:
+        """The sparse layer's logit bias over the flat ``T*V*P`` tokens of ``x [B,Tg,Vg,P,C]``:
+        the mask bias (bias layers) concatenated with the keypoint bias (``keypoints [B,T,V,h*w]``)."""
+        b, tg, vg, n, _ = x.shape
         flat_fn = lambda z: z.reshape(b, tg * vg * n, *z.shape[4:])  # noqa: E731
         bias = self._bias(stream, layer, "global", key_value, n, x, flat_fn)
         if keypoints is not None:
             r = self.keypoint_bias.row_weight(stream, n, self.patch_start_idx, x)
             if r is not None:
-                kb = keypoint_bias(r, keypoints.reshape(b, t * v, -1), self.patch_start_idx)
-                bias = LowRankBias.concat([bias, kb])
+                bias = LowRankBias.concat([bias, keypoint_bias(r, keypoints.reshape(b, tg * vg, -1),
+                                                               self.patch_start_idx)])
+        return bias
+
+    def _sparse_step(self, blk, x, pos, layer, stream, key_value, tv, landmark_scores, keypoints=None):
+        b, tg, vg, n, c = x.shape
+        t, v = tv
+        bias = self.sparse_bias(x, layer, stream, key_value, keypoints)
         s = self.cfg.sparse
         memory = None
         if s.strategy == "memory_bank":
