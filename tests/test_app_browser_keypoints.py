@@ -65,5 +65,13 @@ def test_lambda_kpt_slider_changes_the_scene(app_url, tmp_path):
             changed = diff(after)
             print(f"\nλ_kpt 0 -> 8: {changed:.5f} of the canvas pixels changed ({tmp_path})")
             assert changed > 1e-4, changed
+            # control: the same λ_kpt again redraws the same scene, so the change above is λ_kpt's
+            page.click("#run-btn")
+            _wait_status(page, "Running")
+            _wait_status(page, "Done")
+            again = canvas.settle(lambda im: True, "k2_again.png")
+            same = float((np.abs(again.astype(np.int16) - after.astype(np.int16)).max(-1) > 0).mean())
+            print(f"same λ_kpt re-run: {same:.5f} of the canvas pixels changed")
+            assert same < changed / 10, (same, changed)
         finally:
             browser.close()
