@@ -195,6 +195,15 @@ def test_lambda_kpt_only_rerun_hits_the_cache():
     fresh = reconstruct(scene, m, window=3, overlap=1, landmarks="keypoints")
     np.testing.assert_allclose(again.depth, fresh.depth, rtol=1e-5, atol=1e-5)
     assert np.abs(again.depth - first.depth).max() > 1e-4
+    # the app draws the run's keypoints on the per-view images (yellow crosses, counted in the caption)
+    from vggt_mv_app.tracks import KEYPOINT_COLOR
+    from vggt_mv_app.ui import gallery_items
+
+    again.keypoints = scene.keypoints.numpy()
+    imgs, _, _ = gallery_items(again, 1)
+    y, x = np.argwhere(again.keypoints[1, 0] >= 0.5)[0]
+    assert tuple(imgs[0][0][y, x]) == KEYPOINT_COLOR
+    assert imgs[0][1].endswith(f"{int((again.keypoints[1, 0] >= 0.5).sum())} keypoints")
 
 
 # ------------------------------------------------------------------ data

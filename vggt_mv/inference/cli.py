@@ -291,6 +291,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         model.set_lambdas(**lambdas)
     if args.lambda_kpt is not None or args.lambda_kpt_pose is not None:
         model.set_keypoint_lambdas(lambda_kpt=args.lambda_kpt, lambda_kpt_pose=args.lambda_kpt_pose)
+    if (args.keypoints or args.lambda_kpt or args.lambda_kpt_pose) and cfg.sparse.strategy == "none":
+        log.warning("--keypoints / --lambda-kpt act on the sparse global layers only; with --sparse none they "
+                    "have no effect (choose --sparse landmark|dilated|memory_bank)")
 
     bar = None
     if not args.no_progress:
