@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-bias", type=float, default=0.0, metavar="S", help="Time-SA relative-time bias -S*(dt)^2")
     p.add_argument("--query-points", metavar="NPY", help=".npy [N,2] pixels in the reference image (model-input "
                    "resolution) or MVTracker [N,4] (t,x,y,z); needs a track head; tracks are drawn")
+    p.add_argument("--keypoints", default="none", metavar="SRC",
+                   help="keypoint source for the sparse layers' bias: none, sift[:K], or a server-side SegAnyMo "
+                        "output / per-camera keypoint folder (drawn on the per-view images)")
+    p.add_argument("--lambda-kpt", type=float, default=0.0, help="keypoint bias on the sparse layers' geo rows")
     p.add_argument("--epipolar", default="off", choices=EPIPOLAR,
                    help="epipolar prior on View-SA: scene GT cameras, or the previous run of the tab")
     p.add_argument("--port", type=int, default=7860, help="Gradio port (next free one if taken)")
@@ -80,7 +84,7 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
                      device=args.device, resolution=args.resolution, window=args.window,
                      overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
                      config=args.config, time_bias=args.time_bias, query_points=args.query_points,
-                     epipolar=args.epipolar)
+                     epipolar=args.epipolar, keypoints=args.keypoints, lambda_kpt=args.lambda_kpt)
 
 
 def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRegistry, str]:

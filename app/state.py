@@ -89,6 +89,9 @@ class RunParams:
     query_points: str | None = None  # .npy [N,2] reference-image pixels or [N,4] (t,x,y,z)
     epipolar: str = "off"            # off | gt (scene's GT cameras) | previous (this tab's last run)
     allow_partial: bool = False  # load weights that do not cover the model (banner says so)
+    lambda_kpt: float = 0.0          # keypoint bias of the sparse layers: geo rows
+    lambda_kpt_pose: float = 0.0     # ... and pose rows
+    keypoints: str = "none"          # none | sift[:K] | a server-side SegAnyMo / keypoint folder
 
 
 def parse_views(text: str) -> list[str]:
@@ -111,6 +114,29 @@ def lambda_bound(preset: str) -> float:
 
     cfg = ModelConfig.preset(preset)
     return float(cfg.mask.lambda_bound) if cfg.mask.enabled else 0.0
+
+
+def kpt_bound(preset: str) -> float:
+    """Bound of the keypoint-bias lambdas (``sparse.lambda_kpt_bound``) of a preset."""
+    from vggt_mv.config import ModelConfig
+
+    return float(ModelConfig.preset(preset).sparse.lambda_kpt_bound)
+
+
+def load_params_keypoints(params: RunParams, scene: Any) -> Any:
+    """``params.keypoints`` loaded for ``scene`` into ``scene.keypoints`` (``[T,V,H,W]``) or None."""
+    src = (params.keypoints or "none").strip()
+    if src == "none":
+        return None
+    from vggt_mv.data.keypoints import load_keypoints, parse_keypoint_source
+
+    try:
+        parsed = parse_keypoint_source(src if src.startswith("sift") else str(Path(src).expanduser()))
+        scene.keypoints = load_keypoints(parsed, scene)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from exc
+    scene.source["keypoints"] = parsed.describe()
+    return scene.keypoints
 
 
 def resolve_device(device: str) -> str:
@@ -250,14 +276,30 @@ def attention_diagnostics(params: RunParams) -> list[list[str]]:
     device = resolve_device(params.device)
     model, _ = get_model(params.preset, params.checkpoint, params.pi3, device, params.strategy,
                          params.allow_partial, params.config)
-    if not model.config.mask.enabled:
-        raise UserError(f"preset {params.preset} has no dynamic-mask head: nothing to diagnose")
+    keypoints = load_params_keypoints(params, scene)
+    kpt_on = keypoints is not None and params.strategy in ("landmark", "dilated")
+    if not model.config.mask.enabled and not kpt_on:
+        raise UserError(f"preset {params.preset} has no dynamic-mask head and no keypoints are given (with a "
+                        "landmark / dilated sparse strategy): nothing to diagnose")
     layout = None if params.layout in ("auto", "", None) else params.layout
     images = scene.images[: int(params.window)][None].to(device)
+    rows = []
     with RUN_LOCK:
-        model.set_lambdas(lambda_pose=params.lambda_pose, lambda_geo=params.lambda_geo,
-                          lambda_pose_t=params.lambda_pose_t, lambda_geo_t=params.lambda_geo_t)
-        rows = camera_attention_mass(model, images, layout=layout)
+        if model.config.mask.enabled:
+            model.set_lambdas(lambda_pose=params.lambda_pose, lambda_geo=params.lambda_geo,
+                              lambda_pose_t=params.lambda_pose_t, lambda_geo_t=params.lambda_geo_t)
+            model.config.sparse.strategy = params.strategy
+            rows = [{**r, "stream": f"{r['stream']} · dynamic"} for r in camera_attention_mass(model, images, layout=layout)]
+        if kpt_on:
+            from vggt_mv.eval.attention_mass import keypoint_attention_mass
+
+            b = model.aggregator.keypoint_bias.bound
+            model.set_keypoint_lambdas(lambda_kpt=float(np.clip(params.lambda_kpt, -b, b)),
+                                       lambda_kpt_pose=float(np.clip(params.lambda_kpt_pose, -b, b)))
+            model.config.sparse.strategy = params.strategy
+            kp = keypoints[: int(params.window)][None].to(device)
+            rows += [{**r, "stream": f"{r['stream']} · keypoints"}
+                     for r in keypoint_attention_mass(model, images, kp, layout=layout)]
     return [[str(r["layer"]), r["stream"], f"{r['mass_without_bias']:.4f}", f"{r['mass_with_bias']:.4f}",
              f"{r['mass_with_bias'] - r['mass_without_bias']:+.4f}"] for r in rows]
 
@@ -295,6 +337,7 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     device = resolve_device(params.device)
     report(0.02, "loading scene")
     scene = load_params_scene(params)
+    keypoints = load_params_keypoints(params, scene)
     if cancel.is_set():
         raise Cancelled()
     report(0.1, "loading model")
@@ -317,6 +360,14 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         elif any(lam.values()):
             notes.append(f"preset {params.preset} has no mask head: λ sliders have no effect")
         model.config.sparse.strategy = params.strategy
+        kb = model.aggregator.keypoint_bias.bound
+        kl = {"lambda_kpt": float(params.lambda_kpt or 0.0), "lambda_kpt_pose": float(params.lambda_kpt_pose or 0.0)}
+        if any(abs(v) > kb for v in kl.values()):
+            notes.append(f"λ_kpt clamped to ±{kb:g}")
+        model.set_keypoint_lambdas(**{k: float(np.clip(v, -kb, kb)) for k, v in kl.items()})
+        if any(kl.values()) and (params.strategy == "none" or keypoints is None):
+            notes.append("λ_kpt acts on the sparse layers' keypoint patches: choose a sparse strategy and a "
+                         "keypoints source")
         model.config.time_bias.strength = float(params.time_bias or 0.0)  # read live by Time-SA
         report(0.15, "reconstructing")
         def prog(*args: Any, **kwargs: Any) -> None:
@@ -339,6 +390,7 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
         raise Cancelled()
     if rec.gt is None:
         rec.gt = _gt_dict(scene)
+    rec.keypoints = None if keypoints is None else keypoints.numpy()  # drawn on the per-view images
     info = {"banner": banner, "notes": notes, "seconds": time.time() - t0, "T": scene.T, "V": scene.V,
             "H": scene.H, "W": scene.W, "device": device, "layout": layout or "preset default"}
     report(1.0, "done")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["track_colors", "draw_tracks", "track_segments"]
+__all__ = ["track_colors", "draw_tracks", "track_segments", "draw_keypoints", "KEYPOINT_COLOR"]
+
+KEYPOINT_COLOR = (255, 230, 0)  # yellow crosses: the keypoint map the sparse layers' bias reads
 
 
 def track_colors(n: int) -> np.ndarray:
@@ -47,3 +49,14 @@ def track_segments(points: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
     seg = np.stack([a[ok], b[ok]], 1)
     col = np.repeat(np.broadcast_to(colors, ok.shape + (3,))[ok][:, None], 2, 1)
     return seg.astype(np.float32), np.ascontiguousarray(col, dtype=np.uint8)
+
+
+def draw_keypoints(image: np.ndarray, heat: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Image ``[H,W,3] uint8`` with a yellow cross on every pixel of the keypoint map ``heat [H,W]`` >= threshold."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    r = max(2, round(min(out.shape[:2]) / 60))
+    for y, x in zip(*np.nonzero(heat >= threshold)):
+        cv2.drawMarker(out, (int(x), int(y)), KEYPOINT_COLOR, cv2.MARKER_CROSS, 2 * r + 1, 1)
+    return out

@@ -17,11 +17,12 @@ from vggt_mv.weights.hub import describe_weights, weights_choices
 from .state import (
     EPIPOLAR, LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
     attention_diagnostics, estimate_params,
-    SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
+    SessionState, UserError, demo_weights, kpt_bound, lambda_bound, parse_views, run_reconstruction,
 )
 
 log = logging.getLogger("vggt_mv.app")
-N_PARAMS = 21  # run inputs that make a RunParams (after the session state)
+N_PARAMS = 24  # run inputs that make a RunParams (after the session state)
+KEYPOINT_SOURCES = ("none", "sift")  # or a server-side SegAnyMo output / keypoint folder (custom value)
 
 CSS = """
 #title h1 {margin-bottom: 0; font-size: 1.6em;}
@@ -89,18 +90,22 @@ def gallery_items(rec: Any, t: int) -> tuple[list, list, list]:
     if any: trail over 0..t, dot = current position), depth, mask overlay."""
     from vggt_mv.export.viser_scene import tint_mask
 
-    from .tracks import draw_tracks
+    from .tracks import draw_keypoints, draw_tracks
 
     t = int(np.clip(t, 0, rec.num_timesteps - 1))
     imgs, depths, masks = [], [], []
     tracks = getattr(rec, "tracks", None)
+    keypoints = getattr(rec, "keypoints", None)  # [T,V,H,W] of the run (app only, not saved)
     for v, name in enumerate(rec.view_names):
+        img, caption = rec.images[t, v], f"{name} · t={t}"
+        if keypoints is not None:
+            img = draw_keypoints(img, keypoints[t, v])
+            caption += f" · {int((keypoints[t, v] >= 0.5).sum())} keypoints"
         if tracks is not None:
             n_vis = int((rec.track_vis[t, v] >= 0.5).sum())
-            imgs.append((draw_tracks(rec.images[t, v], tracks[:t + 1, v], rec.track_vis[:t + 1, v]),
-                         f"{name} · t={t} · {n_vis}/{tracks.shape[2]} tracks visible"))
-        else:
-            imgs.append((rec.images[t, v], f"{name} · t={t}"))
+            img = draw_tracks(img, tracks[:t + 1, v], rec.track_vis[:t + 1, v])
+            caption += f" · {n_vis}/{tracks.shape[2]} tracks visible"
+        imgs.append((img, caption))
         depths.append((colorize_depth(rec.depth[t, v]), f"{name} depth"))
         if rec.dynamic_mask is not None:
             masks.append((tint_mask(rec.images[t, v], rec.dynamic_mask[t, v]),
@@ -204,8 +209,19 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                                            info="cameras from the scene's ground truth or from the previous run",
                                            elem_id="epipolar")
                 with gr.Row():
-                    strategy = gr.Dropdown(list(STRATEGIES), value=d.strategy, label="sparse strategy")
+                    strategy = gr.Dropdown(list(STRATEGIES), value=d.strategy, label="sparse strategy",
+                                           elem_id="strategy")
                     layout = gr.Dropdown(list(LAYOUTS), value=d.layout, label="layout")
+                kb, sparse_on = kpt_bound(d.preset), d.strategy != "none"
+                with gr.Row():
+                    lam_kpt = gr.Slider(-kb, kb, d.lambda_kpt, step=0.1, label="λ_kpt (sparse, geo rows)",
+                                        elem_classes="lam", elem_id="lam-kpt", interactive=sparse_on)
+                    lam_kpt_pose = gr.Slider(-kb, kb, d.lambda_kpt_pose, step=0.1, label="λ_kpt_pose (sparse, pose rows)",
+                                             elem_classes="lam", elem_id="lam-kpt-pose", interactive=sparse_on)
+                keypoints = gr.Dropdown(list(KEYPOINT_SOURCES), value=d.keypoints, allow_custom_value=True,
+                                        label="keypoints source", elem_id="keypoints",
+                                        info="sift[:K], or a server-side SegAnyMo output / per-camera keypoint "
+                                             "folder; drawn on the per-view images")
                 ab = gr.Checkbox(True, label="A/B: keep the previous run as a ghost")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
@@ -264,7 +280,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             return upd, upd, upd, upd, _initial_banner(p, None, None)
 
         def do_run(sess, views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                   fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, ab_v, conf_v,
+                   fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, lk, lkp, kp_v, ab_v, conf_v,
                    progress=gr.Progress(track_tqdm=True)):
             # track_tqdm: a weights download (huggingface_hub's tqdm, in bytes) shows in the page
             keep = gr.update()
@@ -273,7 +289,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             sess.cancel.clear()
             try:
                 params = _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                                 fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v)
+                                 fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, lk, lkp, kp_v)
                 rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel,
                                                previous=sess.rec)
                 progress(0.97, desc="uploading scene")
@@ -293,6 +309,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                    f"λ=({params.lambda_pose:g}, {params.lambda_geo:g}, {params.lambda_pose_t:g}, "
                    f"{params.lambda_geo_t:g}), sparse {params.strategy}"
                    + (f", time bias {params.time_bias:g}" if params.time_bias else "")
+                   + (f", λ_kpt=({params.lambda_kpt:g}, {params.lambda_kpt_pose:g}), keypoints {params.keypoints}"
+                      if params.keypoints != "none" else "")
                    + (f", {rec.tracks.shape[2]} tracks" if rec.tracks is not None else "") + notes)
             comp = sess.comparison
             ab_text = ("Previous run shown as an orange ghost, Sim(3)-aligned to this run."
@@ -304,7 +322,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     comp.rows() if comp is not None else [], ab_text, None)
 
         def _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
-                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v=None, tb=0.0, qp_v=None, epi_v="off") -> RunParams:
+                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v=None, tb=0.0, qp_v=None, epi_v="off",
+                    lk=0.0, lkp=0.0, kp_v="none") -> RunParams:
             return RunParams(
                 views=parse_views(views_text), preset=preset_v, checkpoint=(ckpt_v or "").strip() or None,
                 pi3=(pi3_v or "").strip() or None, device=device_v, resolution=int(res_v),
@@ -313,7 +332,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 frame_start=int(fs or 0), frame_stop=int(fe or 0), stride=int(st or 1),
                 config=(cfg_v or "").strip() or None, time_bias=float(tb or 0.0),
                 query_points=(qp_v or "").strip() or None, epipolar=epi_v or "off",
-                allow_partial=d.allow_partial)
+                allow_partial=d.allow_partial, lambda_kpt=float(lk or 0.0), lambda_kpt_pose=float(lkp or 0.0),
+                keypoints=(kp_v or "none").strip() or "none")
 
         def do_estimate(sess, *values):
             try:
@@ -385,13 +405,20 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
 
         run_inputs = [state, views, preset, device, resolution, window, overlap, checkpoint, pi3, f_start,
                       f_stop, stride, lam_pose, lam_geo, lam_pose_t, lam_geo_t, strategy, layout, config_box,
-                      time_bias, query_box, epipolar, ab, conf]
+                      time_bias, query_box, epipolar, lam_kpt, lam_kpt_pose, keypoints, ab, conf]
         run_outputs = [status, banner, g_img, g_depth, g_mask, t_gallery, metrics, ab_table, ab_md, export_file]
         load_evt = demo.load(init_session, inputs=[state], outputs=[state, port_box])
         load_evt = load_evt.then(None, inputs=[port_box], outputs=[port_box], js=IFRAME_JS)
         if autorun:
             load_evt.then(do_run, inputs=run_inputs, outputs=run_outputs)
         preset.change(on_preset, inputs=[preset], outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner])
+
+        def on_strategy(strat: str, p: str):  # λ_kpt acts on the sparse layers only
+            b = kpt_bound(p)
+            upd = gr.update(minimum=-b, maximum=b, interactive=strat != "none")
+            return upd, upd
+
+        strategy.change(on_strategy, inputs=[strategy, preset], outputs=[lam_kpt, lam_kpt_pose])
 
         def on_weights(ckpt_v, pi3_v):  # where the weights would come from; a size asked of the Hub
             return "  \n".join(f"{role}: {describe_weights(v)}" for role, v in

@@ -1,9 +1,10 @@
 """Training-step cost: images/s and peak memory per training recipe, activation checkpointing off/on,
 and DDP world 1 vs 2 (gloo on CPU), all measured side by side in one run.
 
-Every variant runs in a fresh subprocess: model, optimizer and one batch are built, the RSS
-high-water mark is reset (``/proc/self/clear_refs``), one optimizer step runs and ``VmHWM - VmRSS
-before`` is its peak ("peak +MB": what the step needed on top of the built model); then
+Every variant runs in a fresh subprocess: model, optimizer and one batch are built, one warm-up
+step allocates the optimizer state, freed memory is handed back (``malloc_trim``), the RSS
+high-water mark is reset (``/proc/self/clear_refs``), one step runs and ``VmHWM - VmRSS before`` is
+its peak ("peak +MB": activations and gradients on top of model and optimizer state); then
 ``--steps`` more steps are timed. The model is a mid-size VGGT-MV (depth 8, width 256; random init),
 the input ``[B=1, T=4, V=3, 3, 126, 168]`` unless changed by flags. On a GPU (``--device cuda``)
 peak memory is ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
@@ -15,6 +16,7 @@ peak memory is ``torch.cuda.max_memory_allocated`` minus the allocation before t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -59,6 +61,9 @@ def one(spec: dict) -> dict:
         tr = Trainer(cfg, model_config=mid_config(), env=env)
         batch = batch_for_step(cfg, 0, env.rank)
         device = tr.device
+        tr.train_step(batch)  # warm-up: allocates the optimizer state, which is not the step's peak
+        if device.type == "cpu":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed activations back, so RSS shows the next peak
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -43,7 +43,7 @@ def test_vggt_mv_with_checkpoint_150_keys_plans_every_tensor():
     assert sum(k.startswith("track_head.") for k in plan.assignments) == 394
     # only the seeds' new modules stay at init
     assert all(why.startswith("new module") for why in plan.left_at_init.values())
-    assert all(k.startswith("aggregator.mask_bias.") for k in plan.left_at_init)
+    assert all(k.startswith(("aggregator.mask_bias.", "aggregator.keypoint_bias.")) for k in plan.left_at_init)
     assert "fin10" in report.to_table() and "track head: on" in report.to_table()
     js = json.loads(report.to_json())
     assert js["mask_head"]["variant"] == "fin10" and js["track_head"]["enabled"] is True
@@ -82,7 +82,7 @@ def test_vggt_mv_fin10_preset_matches_checkpoint_150_keys():
     assert cfg.mask.head == "fin10" and cfg.enable_track and cfg.layout == "factorized"
     shapes = model_shapes(cfg)
     ck = manifest("page4d_fin10.tsv")
-    assert {k: s for k, s in shapes.items() if not k.startswith("aggregator.mask_bias.")} == ck
+    assert {k: s for k, s in shapes.items() if not k.startswith(("aggregator.mask_bias.", "aggregator.keypoint_bias."))} == ck
 
 
 # ---------------------------------------------------------------- fin10 fixture in a vggt_mv-shaped config

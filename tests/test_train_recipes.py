@@ -173,7 +173,8 @@ def _expected_modules(recipe: str, depth: int = 8, separate: bool = False) -> se
     if recipe == "page4d":  # 10..19 of 24 -> 3..6 of 8
         return blocks("frame", range(3, 7)) | blocks("global", range(3, 7)) | {"aggregator.spatial_mask_head"}
     if recipe == "stage1":  # mask head, lambdas/gains, blocks 8..15 of 24 -> 2..5, plus the pose stream
-        base = {"aggregator.spatial_mask_head", "aggregator.mask_bias"} | blocks("frame", range(2, 6)) | blocks("global", range(2, 6))
+        base = ({"aggregator.spatial_mask_head", "aggregator.mask_bias", "aggregator.keypoint_bias"}
+                | blocks("frame", range(2, 6)) | blocks("global", range(2, 6)))
         if separate:
             return base | blocks("pose_frame", range(5)) | blocks("pose_global", range(5))
         return base | blocks("frame", range(3, 8)) | blocks("global", range(3, 8))  # fork layer 3 on
@@ -197,10 +198,12 @@ def test_each_recipe_trains_exactly_what_it_names(batch, recipe, separate):
     else:
         assert modules == _expected_modules(recipe, separate=separate), sorted(modules)
     # gradients there (nonzero in every trained module), None elsewhere
-    unused_by_forward = {"aggregator.patch_embed.mask_token"}  # DINOv2's masked-image token
+    # DINOv2's masked-image token; λ_kpt acts on sparse layers only (tiny has none)
+    unused_by_forward = {"aggregator.patch_embed.mask_token", "aggregator.keypoint_bias.lambda_kpt",
+                         "aggregator.keypoint_bias.lambda_kpt_pose"}
     for n, p in named.items():
         assert (p.grad is not None) == (n in trained and n not in unused_by_forward), n
-    for m in modules:
+    for m in {module_key(n) for n in trained - unused_by_forward}:
         assert any(float(named[n].grad.abs().sum()) > 0 for n in trained - unused_by_forward if module_key(n) == m), m
     # optimizer state for exactly those parameters
     state_ids = {id(p) for p in tr.optimizer.state}

@@ -138,6 +138,13 @@ class SparseConfig:
     landmark_k: int = 64
     dilated_offsets: list[int] = field(default_factory=lambda: [0, 1, -1, 2, -2, 4, -4])
     memory_tokens: int = 32
+    # Keypoint bias on the sparse layers' logits (DESIGN §3): geo rows + lambda_kpt * K_j, pose rows
+    # + lambda_kpt_pose * K_j, K = the external keypoint map max-pooled to patches (special keys: 0).
+    lambda_kpt: float = 0.0
+    lambda_kpt_pose: float = 0.0
+    lambda_kpt_bound: float = 8.0
+    # learnable: nn.Parameters (new state keys aggregator.keypoint_bias.*); else non-persistent buffers
+    learnable_kpt_lambdas: bool = False
 
 
 @dataclass
@@ -270,6 +277,12 @@ class ModelConfig:
                 raise ValueError(f"sparse.layers {s.layers} outside 0..{self.depth - 1}")
             if 0 not in s.dilated_offsets:
                 raise ValueError("sparse.dilated_offsets must contain 0 (the query's own time)")
+        if s.lambda_kpt_bound <= 0:
+            raise ValueError("sparse.lambda_kpt_bound must be > 0")
+        for name in ("lambda_kpt", "lambda_kpt_pose"):
+            value = float(getattr(s, name))
+            if not abs(value) <= s.lambda_kpt_bound:
+                raise ValueError(f"sparse.{name}={value:g} is outside +-lambda_kpt_bound ({s.lambda_kpt_bound:g})")
         return self
 
     # ------------------------------------------------------------------ I/O

@@ -79,7 +79,7 @@ def vggt_mv() -> ModelConfig:
         bias_blocks=["global", "frame"], mode="streams", logit_sign=-1.0, mask_center=0.0,
         lambda_bound=4.0, learnable_lambdas=True, learnable_fusion=True,
     )
-    cfg.sparse = SparseConfig(strategy="none", layers=[22, 23])
+    cfg.sparse = SparseConfig(strategy="none", layers=[22, 23], learnable_kpt_lambdas=True)
     cfg.follow_checkpoint = True
     return cfg
 
@@ -113,7 +113,8 @@ def tiny() -> ModelConfig:
             bias_blocks=["global", "frame"], mode="streams", logit_sign=-1.0, mask_center=0.0,
             lambda_bound=4.0, learnable_lambdas=True, learnable_fusion=True,
         ),
-        sparse=SparseConfig(strategy="none", layers=[6, 7], landmark_k=16, memory_tokens=8),
+        sparse=SparseConfig(strategy="none", layers=[6, 7], landmark_k=16, memory_tokens=8,
+                            learnable_kpt_lambdas=True),
         layout="factorized",
         follow_checkpoint=True,
     )

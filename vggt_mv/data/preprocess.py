@@ -104,6 +104,10 @@ class PreprocessPlan:
         """bool ``[h,w]`` -> bool ``[H,W]`` (nearest; padding = False)."""
         return self._geom(mask.astype(np.uint8), cv2.INTER_NEAREST_EXACT, 0).astype(bool)
 
+    def apply_heatmap(self, heat: np.ndarray) -> np.ndarray:
+        """float ``[h,w]`` in [0,1] -> float32 ``[H,W]`` (bilinear; padding 0 = no keypoint)."""
+        return np.clip(self._geom(heat.astype(np.float32), cv2.INTER_LINEAR, 0.0), 0.0, 1.0)
+
     def apply_depth(self, depth: np.ndarray) -> np.ndarray:
         """float ``[h,w]`` -> float32 ``[H,W]`` (nearest; padding = 0 = invalid)."""
         return self._geom(depth.astype(np.float32), cv2.INTER_NEAREST_EXACT, 0.0)

@@ -53,6 +53,7 @@ class Scene:
     view_names: list[str] = field(default_factory=list)
     frame_names: list[str] = field(default_factory=list)
     source: dict = field(default_factory=dict)
+    keypoints: torch.Tensor | None = None   # [T,V,H,W] float32 in [0,1] (vggt_mv.data.keypoints)
 
     @property
     def T(self) -> int:
@@ -83,6 +84,7 @@ class Scene:
                                                      self.gt.extrinsic, self.gt.dynamic_mask)])
         return replace(self, images=self.images[sl],
                        ext_masks=None if self.ext_masks is None else self.ext_masks[sl], gt=gt,
+                       keypoints=None if self.keypoints is None else self.keypoints[sl],
                        frame_names=self.frame_names[sl], source={**self.source, "window": [start, stop]})
 
 

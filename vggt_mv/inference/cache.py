@@ -18,7 +18,7 @@ Cache key rule (``window_key``): a hash of everything the snapshot depends on �
   ``mask.mask_layer``, ``mask.bias_layers``, ``aa_order``, ``time_bias``) invalidates;
 * ``weights_fingerprint(model, L)``: a content fingerprint of the tensors the snapshot depends on
   (every ``aggregator.*`` parameter/buffer except blocks ``>= L``, the separate pose-stream block
-  copies, sparse ``memory_tokens`` and ``mask_bias`` λ/gains). Tensors of up to 2^16 elements are
+  copies, sparse ``memory_tokens``, ``mask_bias`` λ/gains and ``keypoint_bias`` λ_kpt). Tensors of up to 2^16 elements are
   hashed byte for byte; larger ones by a 4096-element strided sample plus their float64 sum and
   sum of squares. It is computed once per (model, L) and recomputed only when a tensor's
   identity or in-place version counter changes (``load_state_dict``, an optimiser step and
@@ -73,7 +73,8 @@ def _upstream_tensors(model: torch.nn.Module, layer: int) -> list[tuple[str, tor
         parts = name.split(".")
         if parts[0] in ("frame_blocks", "global_blocks") and int(parts[1]) >= layer:
             continue
-        if parts[0] in ("pose_frame_blocks", "pose_global_blocks", "memory_tokens", "mask_bias"):
+        if parts[0] in ("pose_frame_blocks", "pose_global_blocks", "memory_tokens", "mask_bias",
+                        "keypoint_bias"):
             continue
         out.append((name, t))
     return sorted(out, key=lambda x: x[0])

@@ -70,8 +70,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"mask-bias lambda_{name.replace('-', '_')} (default: the preset's)")
     p.add_argument("--sparse", choices=["none", "landmark", "dilated", "memory_bank"], default=None,
                    help="sparse Global-SA strategy (default: the preset's)")
-    p.add_argument("--conf-landmarks", action="store_true",
-                   help="landmark strategy: rank anchors by a first pass's confidence")
+    p.add_argument("--landmarks", choices=["saliency", "confidence", "keypoints"], default=None,
+                   help="landmark strategy's anchors: feature saliency (default), a first pass's confidence, or "
+                        "the top-K keypoint patches per image (needs --keypoints)")
+    p.add_argument("--conf-landmarks", action="store_true", help="the same as --landmarks confidence")
+    p.add_argument("--keypoints", nargs="+", metavar="SRC",
+                   help="keypoint source for the sparse layers' bias and --landmarks keypoints: sift[:K] (OpenCV "
+                        "SIFT, top K=64 per frame), a SegAnyMo output folder (moseg/view_N/dynamic_traj.npy), or "
+                        "one folder per camera (or one holding a subfolder per camera) of heat-map PNGs / .npy "
+                        "[N,2] point lists, one per frame")
+    for name in ("kpt", "kpt-pose"):
+        p.add_argument(f"--lambda-{name}", type=float, default=None, dest=f"lambda_{name.replace('-', '_')}",
+                       help=f"keypoint-bias lambda_{name.replace('-', '_')} on the sparse layers' "
+                            f"{'geo' if name == 'kpt' else 'pose'} rows (default: the preset's, 0)")
     p.add_argument("--time-bias", type=float, default=None, metavar="S",
                    help="Time-SA relative-time bias -S*(dt)^2 on the logits (0 = none; default: the config's)")
     p.add_argument("--epipolar", choices=["off", "gt", "previous"], default="off",
@@ -118,10 +129,16 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.resolution > args.max_resolution:
             raise ValueError(f"--resolution {args.resolution} is above the ceiling {args.max_resolution} (memory "
                              "grows with its square); use a smaller one or raise --max-resolution")
-    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "time_bias"):
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t", "lambda_kpt", "lambda_kpt_pose",
+                 "time_bias"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.conf_landmarks and args.landmarks not in (None, "confidence"):
+        raise ValueError(f"--conf-landmarks means --landmarks confidence, but --landmarks {args.landmarks} was "
+                         "given; keep one of them")
+    if args.landmarks == "keypoints" and not args.keypoints:
+        raise ValueError("--landmarks keypoints needs a keypoint source: add --keypoints sift (or a folder)")
     parse_dtype(args.dtype)
 
 
@@ -130,8 +147,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     from vggt_mv.weights.hub import parse_weights_ref
 
     weights = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None]
+    keypoints = [k for k in (args.keypoints or []) if not k.startswith("sift")]
     return [p for p in [*(args.views or []), args.scene, *(args.masks or []), *weights,
-                        args.query_points, args.epipolar_from] if p]
+                        args.query_points, args.epipolar_from, *keypoints] if p]
 
 
 def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
@@ -176,7 +194,15 @@ def _build_config(args: argparse.Namespace, checkpoint=None):
         cfg.sparse.strategy = args.sparse
     if args.time_bias is not None:
         cfg.time_bias.strength = float(args.time_bias)
-    return cfg.validate()
+    for name in ("lambda_kpt", "lambda_kpt_pose"):  # range-checked here, before any weights load
+        if getattr(args, name) is not None:
+            setattr(cfg.sparse, name, float(getattr(args, name)))
+    try:
+        return cfg.validate()
+    except ValueError as e:
+        if "lambda_kpt" in str(e):
+            raise ValueError(f"--lambda-kpt / --lambda-kpt-pose: {e}") from None
+        raise
 
 
 def _load_model(cfg, args: argparse.Namespace, device: str, checkpoint=None, pi3=None):
@@ -235,6 +261,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     source = args.views if args.views else args.scene
     frames = _frames(args.frames)
     num_t, num_v = scan_scene(source, masks=masks, frame_range=frames, stride=args.stride)
+    if args.keypoints:
+        from vggt_mv.data.keypoints import check_keypoint_source
+
+        check_keypoint_source(args.keypoints, num_v, num_t)
     try:
         plan_windows(num_t, args.window, args.overlap)
     except ValueError as e:
@@ -254,17 +284,35 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         previous = _check_priors(args, args.layout or cfg.layout, num_v)
     layout = args.layout or cfg.layout
     t0 = time.perf_counter()
-    model = _load_model(cfg, args, str(device), checkpoint, pi3)
-    scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
-                       stride=args.stride, device_hint=device.type, lazy=True)  # frames decoded per window
+    try:
+        with distributed.on_sigterm():  # torchrun stopping every rank when one failed, before any window
+            model = _load_model(cfg, args, str(device), checkpoint, pi3)
+            scene = load_scene(source, masks=masks, resolution=args.resolution, mode=args.mode, frame_range=frames,
+                               stride=args.stride, device_hint=device.type, lazy=True)  # frames decoded per window
+    except distributed.Terminated:
+        if env.is_main:
+            print("vggt-mv reconstruct: error: rank 0 was stopped (SIGTERM: torchrun stops every rank when one "
+                  "fails) while loading the model and scene; no output written", file=sys.stderr)
+        raise
     log.info("scene: %d timesteps x %d views at %dx%d (%s)", scene.T, scene.V, scene.H, scene.W,
              ", ".join(scene.view_names))
     query_points = load_query_points(args.query_points, scene, args.query_space) if args.query_points else None
     epipolar = epipolar_cameras(args.epipolar, scene, previous, layout=layout if scene.V > 1 else "flat",
                                 strength=args.epipolar_strength, band=args.epipolar_band)
+    if args.keypoints:
+        from vggt_mv.data.keypoints import load_keypoints, parse_keypoint_source
+
+        src = parse_keypoint_source(args.keypoints)
+        scene.keypoints = load_keypoints(src, scene)
+        scene.source["keypoints"] = src.describe()
     lambdas = {k: getattr(args, k) for k in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")}
     if any(v is not None for v in lambdas.values()):
         model.set_lambdas(**lambdas)
+    if args.lambda_kpt is not None or args.lambda_kpt_pose is not None:
+        model.set_keypoint_lambdas(lambda_kpt=args.lambda_kpt, lambda_kpt_pose=args.lambda_kpt_pose)
+    if (args.keypoints or args.lambda_kpt or args.lambda_kpt_pose) and cfg.sparse.strategy == "none":
+        log.warning("--keypoints / --lambda-kpt act on the sparse global layers only; with --sparse none they "
+                    "have no effect (choose --sparse landmark|dilated|memory_bank)")
 
     bar = None
     if not args.no_progress and env.is_main:
@@ -279,7 +327,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     options = dict(window=args.window, overlap=args.overlap, layout=args.layout, device=device, dtype=args.dtype,
                    progress=progress, conf_landmarks=args.conf_landmarks, query_points=query_points,
-                   epipolar=epipolar, dist_env=env if env.distributed else None)
+                   epipolar=epipolar, landmarks=args.landmarks, dist_env=env if env.distributed else None)
     try:
         if not env.is_main:  # a worker rank: its windows go to rank 0, which writes the output
             reconstruct(scene, model, **options)

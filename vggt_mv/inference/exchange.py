@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,13 +55,17 @@ def _recv(tensor: torch.Tensor, src: int, what: str, timeout: float | None) -> t
     return tensor
 
 
-def send_window(payload: WindowPayload, dst: int = 0, timeout: float | None = None) -> int:
-    """Wait until ``dst`` asks for ``payload.index``, then send it; returns the bytes sent."""
+def send_window(payload: WindowPayload, dst: int = 0, timeout: float | None = None,
+                before_send: Callable[[], None] | None = None) -> int:
+    """Wait until ``dst`` asks for ``payload.index``, then (after ``before_send``, a test hook) send
+    it; returns the bytes sent."""
     ready = _recv(torch.full((1,), -1, dtype=torch.int64), dst, f"rank {dst} to ask for window {payload.index}",
                   timeout)
     if int(ready.item()) != payload.index:
         raise RankFailure(f"rank {dst} asked for window {int(ready.item())} but window {payload.index} is next here "
                           "(ranks disagree on the window plan)")
+    if before_send is not None:
+        before_send()
     names = sorted(payload.arrays)
     arrays = [np.ascontiguousarray(payload.arrays[n]) for n in names]
     header = json.dumps({"index": payload.index, "info": payload.info,

@@ -36,11 +36,16 @@ from vggt_mv.inference.geometry import unproject_depth
 from vggt_mv.inference.priors import check_epipolar_layout
 from vggt_mv.inference.reconstruction import Reconstruction
 from vggt_mv.inference.windows import Stitcher, WindowPlan, WindowPrediction, allocate, plan_windows
+from vggt_mv.model.keypoint_bias import keypoint_patch_map
 from vggt_mv.weights.loader import partial_weights_note
 
 log = logging.getLogger("vggt_mv.inference")
 
-__all__ = ["reconstruct", "Cancelled", "predict_window", "outputs_to_prediction"]
+__all__ = ["reconstruct", "Cancelled", "predict_window", "outputs_to_prediction", "LANDMARK_CHOICES",
+           "resolve_landmarks"]
+
+#: how ``landmark`` sparse attention picks its anchors (``--landmarks``)
+LANDMARK_CHOICES = ("saliency", "confidence", "keypoints")
 
 ProgressFn = Callable[[float, str], Any]
 CancelLike = Callable[[], bool] | threading.Event | None
@@ -72,6 +77,18 @@ def _patch_scores(conf: torch.Tensor, patch: int) -> torch.Tensor:
     b, t, v, h, w = conf.shape
     pooled = F.avg_pool2d(conf.float().reshape(b * t * v, 1, h, w), patch)
     return pooled.reshape(b, t, v, -1)
+
+
+def resolve_landmarks(landmarks: str | None, conf_landmarks: bool = False) -> str:
+    """``--landmarks`` value, with the older ``conf_landmarks=True`` meaning ``confidence``."""
+    if landmarks is None:
+        return "confidence" if conf_landmarks else "saliency"
+    if landmarks not in LANDMARK_CHOICES:
+        raise ValueError(f"--landmarks must be one of {'/'.join(LANDMARK_CHOICES)}, got {landmarks!r}")
+    if conf_landmarks and landmarks != "confidence":
+        raise ValueError(f"--conf-landmarks means --landmarks confidence, but --landmarks {landmarks} was given; "
+                         "keep one of them")
+    return landmarks
 
 
 def outputs_to_prediction(out: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> WindowPrediction:
@@ -115,7 +132,8 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
                    layout: str, device: torch.device, autocast_dtype: torch.dtype | None,
                    cache: PipelineCache | None = None, conf_landmarks: bool = False,
                    query_points: torch.Tensor | None = None, epipolar: Any = None,
-                   epipolar_id: str = "off") -> tuple[dict, dict]:
+                   epipolar_id: str = "off", ext_keypoints: torch.Tensor | None = None,
+                   landmarks: str | None = None) -> tuple[dict, dict]:
     """One window through the model: images ``[1,Tw,V,3,H,W]``, ext_masks ``[1,Tw,V,H,W]`` or None.
 
     query_points ``[1,N,2]`` (reference-image pixels, track head) and ``epipolar`` (an
@@ -126,12 +144,25 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
     the snapshot at ``first_affected_layer()``. ``conf_landmarks`` (``landmark`` sparse strategy
     only) passes the window's patch-grid confidence from a previous run as anchor scores: the
     cached one if any, else from a first pass of this call (resumed from its own snapshot).
+    ``ext_keypoints [1,Tw,V,H,W]`` feeds the sparse layers' keypoint bias; ``landmarks`` (see
+    ``resolve_landmarks``) = ``keypoints`` ranks the anchors by the keypoint map pooled to patches.
+    The keypoints act only from the first sparse layer on, so they are not part of the cache key.
     """
     agg = model.aggregator
     layer = agg.first_affected_layer()
-    use_lm = conf_landmarks and model.config.sparse.strategy == "landmark"
+    landmarks = resolve_landmarks(landmarks, conf_landmarks)
+    is_landmark = model.config.sparse.strategy == "landmark"
+    use_lm = landmarks == "confidence" and is_landmark
     patch = model.config.patch_size
     info: dict[str, Any] = {"cache": "off", "landmark_scores": "none"}
+    kpt_scores = None
+    if landmarks == "keypoints":
+        if ext_keypoints is None:
+            raise ValueError("--landmarks keypoints needs a keypoint source: add --keypoints sift (or a folder)")
+        if is_landmark:
+            kpt_scores = keypoint_patch_map(ext_keypoints, patch).flatten(3)
+            info["landmark_scores"] = "keypoints"
+    kw = {"ext_keypoints": ext_keypoints}
     key = None
     entry = None
     with autocast_context(device, autocast_dtype):
@@ -143,18 +174,21 @@ def predict_window(model: torch.nn.Module, images: torch.Tensor, ext_masks: torc
         if entry is not None:
             scores = entry.landmark_scores if use_lm else None
             info["landmark_scores"] = "previous run (cached)" if scores is not None else "none"
+            if kpt_scores is not None:
+                scores = kpt_scores
+                info["landmark_scores"] = "keypoints"
             out = model(images, ext_masks, query_points, layout=layout, resume=entry.state, landmark_scores=scores,
-                        epipolar=epipolar)
+                        epipolar=epipolar, **kw)
         else:
             want_snapshot = cache is not None or use_lm
             out = model(images, ext_masks, query_points, layout=layout, snapshot_at=layer if want_snapshot else None,
-                        return_aggregator=want_snapshot, epipolar=epipolar)
+                        return_aggregator=want_snapshot, epipolar=epipolar, landmark_scores=kpt_scores, **kw)
             snap = out.pop("_aggregator").snapshot if want_snapshot else None
             scores = None
             if use_lm and snap is not None and "depth_conf" in out:
                 scores = _patch_scores(out["depth_conf"], patch)
                 out = model(images, ext_masks, query_points, layout=layout, resume=snap, landmark_scores=scores,
-                            epipolar=epipolar)
+                            epipolar=epipolar, **kw)
                 info["landmark_scores"] = "first pass of this run"
             if cache is not None and snap is not None:
                 cache.put(key, snap, model, scores)
@@ -215,7 +249,7 @@ def _to_uint8_hwc(images: torch.Tensor, chunk: int = 4) -> np.ndarray:
 
 
 def _maybe_die(rank: int, index: int) -> None:
-    """Test hook: ``VGGT_MV_TEST_DIE_RANK=R:I`` kills rank R (SIGKILL) before it hands over window I."""
+    """Test hook: ``VGGT_MV_TEST_DIE_RANK=R:I`` kills rank R (SIGKILL) when rank 0 asks it for window I."""
     spec = os.environ.get("VGGT_MV_TEST_DIE_RANK", "")
     if spec and spec == f"{rank}:{index}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -251,6 +285,7 @@ def reconstruct(
     conf_landmarks: bool = False,
     query_points: np.ndarray | None = None,
     epipolar: Any = None,
+    landmarks: str | None = None,
     store: str | os.PathLike | None = None,
     dist_env: DistEnv | None = None,
 ) -> Reconstruction | None:
@@ -266,7 +301,11 @@ def reconstruct(
     cancel: a ``threading.Event`` or callable returning True; checked before each window, raises
       ``Cancelled``.
     cache: a ``PipelineCache`` reused across calls (λ / sparse re-runs skip the upstream layers).
-    conf_landmarks: with the ``landmark`` sparse strategy, rank anchors by a previous run's confidence.
+    conf_landmarks: with the ``landmark`` sparse strategy, rank anchors by a previous run's confidence
+      (the same as ``landmarks="confidence"``).
+    landmarks: ``saliency`` (default) / ``confidence`` / ``keypoints`` anchors for ``landmark``;
+      ``keypoints`` needs ``scene.keypoints``. ``scene.keypoints [T,V,H,W]`` (if any) also feeds the
+      sparse layers' keypoint bias (``model.set_keypoint_lambdas``).
     query_points: ``[N,2]`` pixel (x, y) in the reference image (t=0, v=0) at the model-input
       resolution (``vggt_mv.inference.priors.load_query_points``); needs a track head. The result
       gets ``tracks [T,V,N,2]`` / ``track_vis [T,V,N]`` (chained across windows, see priors).
@@ -303,6 +342,12 @@ def reconstruct(
     tracks = _TrackStitcher(T, V, query_points, model) if query_points is not None else None
     if epipolar is not None:
         check_epipolar_layout(epipolar.source, layout, V)
+    landmarks = resolve_landmarks(landmarks, conf_landmarks)
+    keypoints = getattr(scene, "keypoints", None)
+    if landmarks == "keypoints" and keypoints is None:
+        raise ValueError("--landmarks keypoints needs a keypoint source: add --keypoints sift (or a folder)")
+    if keypoints is not None and tuple(keypoints.shape) != (T, V, H, W):
+        raise ValueError(f"scene.keypoints must be [T,V,H,W] = {(T, V, H, W)}, got {tuple(keypoints.shape)}")
 
     def report(fraction: float, message: str) -> None:
         if progress is not None:
@@ -318,9 +363,10 @@ def reconstruct(
         qp = None if tracks is None else tracks.queries(plan.start, dev)
         prior = None if epipolar is None else epipolar.window(plan.start, plan.stop, dev)
         epi_id = "off" if epipolar is None else epipolar.identity(plan.start, plan.stop)
+        kpts = None if keypoints is None else keypoints[plan.start:plan.stop][None].to(dev, torch.float32)
         out, info = predict_window(model, imgs, masks, layout=layout, device=dev, autocast_dtype=amp,
-                                   cache=cache, conf_landmarks=conf_landmarks, query_points=qp,
-                                   epipolar=prior, epipolar_id=epi_id)
+                                   cache=cache, query_points=qp, epipolar=prior, epipolar_id=epi_id,
+                                   ext_keypoints=kpts, landmarks=landmarks)
         t1 = time.perf_counter()
         if tracks is not None:
             tracks.add(plan.start, plan.stop, out)
@@ -336,8 +382,8 @@ def reconstruct(
             with torch.inference_mode():
                 for plan in plans[rank::world]:
                     payload = compute(plan)
-                    _maybe_die(rank, plan.index)
-                    send_window(payload, dst=0, timeout=dist_env.timeout_s)
+                    send_window(payload, dst=0, timeout=dist_env.timeout_s,
+                                before_send=lambda: _maybe_die(rank, plan.index))
                     del payload
         finally:
             model.train(was_training)
@@ -415,7 +461,11 @@ def reconstruct(
             "timeout_s": dist_env.timeout_s, "bytes_received_by_rank0": exchange["bytes_received"],
             "max_windows_held_by_rank0": exchange["max_windows_held"]},
         "device": str(dev), "autocast_dtype": str(amp) if amp is not None else "float32 (no autocast)",
-        "conf_landmarks": conf_landmarks,
+        "conf_landmarks": landmarks == "confidence",
+        "landmarks": landmarks,
+        "keypoints": None if keypoints is None else {
+            **model.keypoint_lambdas(), "source": (getattr(scene, "source", None) or {}).get("keypoints", "given"),
+            "bias": "geo rows +lambda_kpt*K_j, pose rows +lambda_kpt_pose*K_j (sparse layers)"},
         "epipolar": "off" if epipolar is None else {"source": epipolar.source, "strength": epipolar.strength,
                                                     "band_px": epipolar.band, "penalty": "-strength*(d/band)^2"},
         "tracks": None if tracks is None else {"num_points": int(len(query_points)), "reference": "t=0, view 0",

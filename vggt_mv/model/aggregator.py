@@ -23,6 +23,7 @@ from vggt_mv.layers import Block, LowRankBias, RotaryPositionEmbedding2D, patch_
 from vggt_mv.layers.sparse_attention import sparse_global_block
 from vggt_mv.model.encoder import DinoEncoder
 from vggt_mv.model.epipolar import EpipolarPrior, epipolar_bias
+from vggt_mv.model.keypoint_bias import KeypointBiasControl, keypoint_bias
 from vggt_mv.model.mask_bias import MaskBiasControl, mask_bias, relative_time_bias
 from vggt_mv.model.mask_head import build_mask_head
 
@@ -99,6 +100,7 @@ class Aggregator(nn.Module):
         else:
             self.bias_layers = frozenset()
         s = cfg.sparse
+        self.keypoint_bias = KeypointBiasControl(s)
         if s.strategy == "memory_bank":
             self.memory_tokens = nn.Parameter(torch.zeros(len(s.layers), s.memory_tokens, c))
             if not self.memory_tokens.is_meta:
@@ -170,6 +172,7 @@ class Aggregator(nn.Module):
         landmark_scores: torch.Tensor | None = None,
         stop_after: int | None = None,
         epipolar: EpipolarPrior | None = None,
+        keypoints: torch.Tensor | None = None,
     ) -> AggregatorOutput:
         """images ``[B, T, V, 3, H, W]`` (5-D input as V=1, T=S) -> ``AggregatorOutput`` with ``[B,T,V,P,2C]`` entries.
 
@@ -177,6 +180,8 @@ class Aggregator(nn.Module):
         resume/snapshot_at: cache support (``AggregatorState`` at the input of a layer).
         landmark_scores: optional ``[B, T, V, h*w]`` anchor scores for ``landmark`` sparse attention.
         epipolar: optional calibrated-rig prior added to every (non-sparse) View-SA step (factorized only).
+        keypoints: optional ``[B, T, V, h*w]`` keypoint map pooled to the patch grid (keypoint bias of
+          the sparse layers; see ``vggt_mv.model.keypoint_bias``).
         """
         cfg = self.cfg
         b, t, v, _, h, w = images.shape
@@ -228,7 +233,7 @@ class Aggregator(nn.Module):
                             mask_logit = self._mask_logit(xs, gh, gw)
                     elif i in self.sparse_layers:
                         xs = self._sparse_step(gblk, xs, pos, i, name, key_value, (t, v),
-                                               landmark_scores)
+                                               landmark_scores, keypoints)
                     else:
                         xs = self._view_step(gblk, xs, pos, i, name, key_value, epi_bias)
                     outs[step] = xs
@@ -318,11 +323,23 @@ class Aggregator(nn.Module):
         y = blk(group(x), pos.repeat(vg, 1).expand(b * tg, -1, -1), bias)
         return y.reshape(b, tg, vg, n, c)
 
-    def _sparse_step(self, blk, x, pos, layer, stream, key_value, tv, landmark_scores):
-        b, tg, vg, n, c = x.shape
-        t, v = tv
+    def sparse_bias(self, x, layer, stream, key_value, keypoints=None) -> LowRankBias | None:
+        """The sparse layer's logit bias over the flat ``T*V*P`` tokens of ``x [B,Tg,Vg,P,C]``:
+        the mask bias (bias layers) concatenated with the keypoint bias (``keypoints [B,T,V,h*w]``)."""
+        b, tg, vg, n, _ = x.shape
         flat_fn = lambda z: z.reshape(b, tg * vg * n, *z.shape[4:])  # noqa: E731
         bias = self._bias(stream, layer, "global", key_value, n, x, flat_fn)
+        if keypoints is not None:
+            r = self.keypoint_bias.row_weight(stream, n, self.patch_start_idx, x)
+            if r is not None:
+                bias = LowRankBias.concat([bias, keypoint_bias(r, keypoints.reshape(b, tg * vg, -1),
+                                                               self.patch_start_idx)])
+        return bias
+
+    def _sparse_step(self, blk, x, pos, layer, stream, key_value, tv, landmark_scores, keypoints=None):
+        b, tg, vg, n, c = x.shape
+        t, v = tv
+        bias = self.sparse_bias(x, layer, stream, key_value, keypoints)
         s = self.cfg.sparse
         memory = None
         if s.strategy == "memory_bank":

@@ -14,6 +14,7 @@ from vggt_mv.config import ModelConfig
 from vggt_mv.heads import CameraHead, DPTHead, TrackHead, pose_encoding_to_extri_intri
 from vggt_mv.model.aggregator import Aggregator, AggregatorOutput, AggregatorState
 from vggt_mv.model.epipolar import EpipolarPrior
+from vggt_mv.model.keypoint_bias import keypoint_patch_map
 from vggt_mv.model.mask_bias import LAMBDA_NAMES
 
 
@@ -57,13 +58,20 @@ class VGGTMV(nn.Module):
         self.aggregator.mask_bias.set(lambda_pose=lambda_pose, lambda_geo=lambda_geo,
                                       lambda_pose_t=lambda_pose_t, lambda_geo_t=lambda_geo_t)
 
+    def set_keypoint_lambdas(self, lambda_kpt: float | None = None, lambda_kpt_pose: float | None = None) -> None:
+        """Set the keypoint-bias strengths of the sparse layers (within +-``sparse.lambda_kpt_bound``)."""
+        self.aggregator.keypoint_bias.set(lambda_kpt=lambda_kpt, lambda_kpt_pose=lambda_kpt_pose)
+
+    def keypoint_lambdas(self) -> dict[str, float]:
+        return self.aggregator.keypoint_bias.as_dict()
+
     def lambdas(self) -> dict[str, float]:
         if not self.config.mask.enabled:
             return {n: 0.0 for n in LAMBDA_NAMES}
         return self.aggregator.mask_bias.as_dict()
 
     # ------------------------------------------------------------------ validation
-    def _check_inputs(self, images, ext_masks, query_points) -> None:
+    def _check_inputs(self, images, ext_masks, query_points, ext_keypoints=None) -> None:
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.dim() not in (5, 6):
@@ -86,6 +94,11 @@ class VGGTMV(nn.Module):
                 f"ext_masks must have shape {(*lead, h, w)} (one HxW mask per image, 1 = dynamic), "
                 f"got {tuple(ext_masks.shape)}"
             )
+        if ext_keypoints is not None and tuple(ext_keypoints.shape) != (*lead, h, w):
+            raise ValueError(
+                f"ext_keypoints must have shape {(*lead, h, w)} (one HxW keypoint heat map in [0,1] per image), "
+                f"got {tuple(ext_keypoints.shape)}"
+            )
         if query_points is not None:
             if query_points.dim() != 3 or query_points.shape[0] != images.shape[0] or query_points.shape[-1] != 2:
                 raise ValueError(
@@ -101,10 +114,14 @@ class VGGTMV(nn.Module):
         images: torch.Tensor,
         ext_masks: torch.Tensor | None = None,
         layout: str | None = None,
+        ext_keypoints: torch.Tensor | None = None,
         **kw,
     ) -> AggregatorOutput:
-        """Aggregator on ``[B,S,..]`` or ``[B,T,V,..]`` images; entries are ``[B,T,V,P,2C]`` (5-D: T=S, V=1)."""
-        self._check_inputs(images, ext_masks, None)
+        """Aggregator on ``[B,S,..]`` or ``[B,T,V,..]`` images; entries are ``[B,T,V,P,2C]`` (5-D: T=S, V=1).
+
+        ext_keypoints: optional keypoint heat map shaped like ``ext_masks``, max-pooled to the patch grid.
+        """
+        self._check_inputs(images, ext_masks, None, ext_keypoints)
         five_d = images.dim() == 5 or images.shape[2] == 1
         imgs = images[:, :, None] if images.dim() == 5 else images
         p = self.config.patch_size
@@ -113,10 +130,14 @@ class VGGTMV(nn.Module):
             m = ext_masks[:, :, None] if ext_masks.dim() == 4 else ext_masks
             b, t, v, h, w = m.shape
             pooled = F.avg_pool2d(m.reshape(b * t * v, 1, h, w).to(imgs.dtype), p).reshape(b, t, v, h // p, w // p)
+        kpts = None
+        if ext_keypoints is not None:
+            k = ext_keypoints[:, :, None] if ext_keypoints.dim() == 4 else ext_keypoints
+            kpts = keypoint_patch_map(k, p).to(imgs.dtype).flatten(3)  # [B,T,V,h*w]
         if five_d and imgs.shape[2] == 1:
             layout = "flat"
         return self.aggregator.run(imgs, layout=layout or self.config.layout, five_d=five_d,
-                                   ext_masks=pooled, **kw)
+                                   ext_masks=pooled, keypoints=kpts, **kw)
 
     def forward(
         self,
@@ -129,14 +150,19 @@ class VGGTMV(nn.Module):
         snapshot_at: int | None = None,
         landmark_scores: torch.Tensor | None = None,
         epipolar: EpipolarPrior | None = None,
+        ext_keypoints: torch.Tensor | None = None,
         return_aggregator: bool = False,
     ) -> dict[str, torch.Tensor]:
         """images ``[B,S,3,H,W]`` or ``[B,T,V,3,H,W]`` in [0,1] -> dict of VGGT outputs (+ ``dynamic_mask``,
         ``mask_logit`` and ``dynamic_logit``: the mask head's raw logit and its logit of P(dynamic)
-        before fusion with ``ext_masks``, ``[B,T,V,h,w]``)."""
-        self._check_inputs(images, ext_masks, query_points)
+        before fusion with ``ext_masks``, ``[B,T,V,h,w]``).
+
+        ext_keypoints ``[B,T,V,H,W]`` (or ``[B,S,H,W]``) in [0,1]: keypoint heat map for the sparse
+        layers' keypoint bias (``lambda_kpt``); no effect without a sparse strategy or at lambda 0.
+        """
+        self._check_inputs(images, ext_masks, query_points, ext_keypoints)
         agg = self.run_aggregator(images, ext_masks, layout, resume=resume, snapshot_at=snapshot_at,
-                                  landmark_scores=landmark_scores, epipolar=epipolar)
+                                  landmark_scores=landmark_scores, epipolar=epipolar, ext_keypoints=ext_keypoints)
         lead = images.shape[:-3]
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         n = lead.numel() // b

@@ -12,7 +12,7 @@ block ``i`` -> ``i * depth // 24``, so on ``tiny`` (8 blocks) 10..19 -> 3..6 and
   ``aggregator.global_blocks.{10..19}`` at lr 1e-5, ``aggregator.spatial_mask_head`` at 2e-5.
 * ``stage1``: the pose-stream blocks (``aggregator.pose_{frame,global}_blocks`` with separate stream
   blocks; in shared-stream mode the frame/global blocks from the fork layer on), the mask head,
-  λ and fusion gains (``aggregator.mask_bias``), frame/global blocks 8..15.
+  λ and fusion gains (``aggregator.mask_bias``, ``aggregator.keypoint_bias``), frame/global blocks 8..15.
 * ``heads``: ``camera_head``, ``depth_head``, ``point_head``.
 * ``all``: every parameter.
 
@@ -40,6 +40,7 @@ class Rule:
     glob: str
     trainable: bool = True
     lr: float | None = None
+    user: bool = False  # from --trainable/--frozen: must match a parameter (recipes name what may exist)
 
 
 def parse_rule(text: str, trainable: bool) -> Rule:
@@ -59,7 +60,7 @@ def parse_rule(text: str, trainable: bool) -> Rule:
                              f"like 'camera_head.*=1e-5'") from None
         if not value > 0:
             raise ValueError(f"--trainable {text!r}: the learning rate must be positive")
-    return Rule(glob.strip(), trainable, value)
+    return Rule(glob.strip(), trainable, value, user=True)
 
 
 def _blocks(kind: str, lo: int, hi: int, depth: int, lr: float | None = None) -> list[Rule]:
@@ -78,7 +79,7 @@ def recipe_rules(name: str, cfg: ModelConfig) -> list[Rule]:
         return (_blocks("frame", 10, 19, depth, 1e-5) + _blocks("global", 10, 19, depth, 1e-5)
                 + [Rule("aggregator.spatial_mask_head.*", True, 2e-5)])
     if name == "stage1":
-        rules = [Rule("aggregator.spatial_mask_head.*"), Rule("aggregator.mask_bias.*")]
+        rules = [Rule("aggregator.spatial_mask_head.*"), Rule("aggregator.mask_bias.*"), Rule("aggregator.keypoint_bias.*")]
         m = cfg.mask
         if m.enabled and m.mode == "streams":
             if m.separate_stream_blocks:
@@ -92,10 +93,10 @@ def recipe_rules(name: str, cfg: ModelConfig) -> list[Rule]:
 
 def select(model: torch.nn.Module, rules: list[Rule]) -> dict[str, float | None]:
     """Parameter name -> base lr (None = the run's lr) for the parameters ``rules`` train; sets
-    ``requires_grad`` on every parameter accordingly. A glob that matches nothing is an error."""
+    ``requires_grad`` on every parameter accordingly. A user glob that matches nothing is an error."""
     names = [n for n, _ in model.named_parameters()]
     for r in rules:
-        if not any(fnmatch.fnmatchcase(n, r.glob) for n in names):
+        if r.user and not any(fnmatch.fnmatchcase(n, r.glob) for n in names):
             flag = "--trainable" if r.trainable else "--frozen"
             raise ValueError(f"{flag} {r.glob!r} matches no parameter of this model; names look like "
                              f"{names[0]!r} (see the trainable-parameter table of a run)")

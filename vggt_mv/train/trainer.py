@@ -36,20 +36,23 @@ __all__ = ["TrainConfig", "Trainer", "lr_at", "param_groups", "quick_metrics", "
            "CHECKPOINT_NAME", "WEIGHTS_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
+#: new modules whose initial values reproduce the model without them (λ = 0, fusion gains 1, the
+#: gate's identity): they may stay at init when frozen; other new modules (a fresh mask head) may not
+NEUTRAL_AT_INIT = ("aggregator.mask_bias.", "aggregator.keypoint_bias.")
 #: test hook "RANK:STEP": that rank's loss is made non-finite at that (1-based) step
 _TEST_NAN_AT = "VGGT_MV_TEST_NAN_AT"
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig, lrs: dict[str, float | None]) -> list[dict[str, Any]]:
     """AdamW groups of the trained parameters (``lrs``: name -> base lr, None = ``cfg.lr``), per base
-    lr: matrices decay; biases/norms/tokens don't; mask-bias scalars get ``lambda_lr_mult`` x the lr.
+    lr: matrices decay; biases/norms/tokens don't; mask/keypoint-bias scalars get ``lambda_lr_mult`` x the lr.
     Each group's ``base_lr`` is scaled by the schedule (:func:`lr_at`)."""
     groups: dict[tuple[float, str], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if name not in lrs:
             continue
         base = cfg.lr if lrs[name] is None else lrs[name]
-        if name.startswith("aggregator.mask_bias."):
+        if name.startswith(("aggregator.mask_bias.", "aggregator.keypoint_bias.")):
             key = (base * cfg.lambda_lr_mult, "scalar")
         elif p.dim() >= 2 and "token" not in name and "pos_embed" not in name:
             key = (base, "decay")
@@ -141,14 +144,15 @@ class Trainer:
     def _load_init(self, rules: list[Rule]) -> VGGTMV:
         """The model with ``cfg.init`` (+ ``cfg.init_pi3``, seed recipe) loaded strictly: every tensor
         must come from the files except new modules (DESIGN §3), and those only where ``rules`` train
-        them (a frozen module left at random init would spoil the run)."""
+        them or their init is neutral (a frozen mask head left at random init would spoil the run)."""
         from vggt_mv.weights.loader import load_model
 
         cfg = self.cfg
         model, report = load_model(self.model_config, checkpoint=cfg.init, pi3=cfg.init_pi3, recipe="seed")
         trained = select(model, rules)
         params = dict(model.named_parameters())
-        frozen_at_init = sorted({module_key(k) for k in report.left_at_init if k in params and k not in trained})
+        frozen_at_init = sorted({module_key(k) for k in report.left_at_init
+                                 if k in params and k not in trained and not k.startswith(NEUTRAL_AT_INIT)})
         if frozen_at_init:
             names = " + ".join(f"{flag} {v}" for flag, v in (("--init", cfg.init), ("--pi3", cfg.init_pi3)) if v)
             raise ValueError(f"{names}: {len(frozen_at_init)} new modules have no weights in the files and "

@@ -13,7 +13,7 @@ Mapping table (target <- source):
 | ``aggregator.spatial_mask_head.*``          | -                                         | same name (variant checked) |
 | ``camera_head/depth_head/point_head/track_head.*`` | never (Pi3 heads collide by name)  | same name                 |
 | ``aggregator.pose_{frame,global}_blocks.j`` (separate stream copies) | copy of block fork+j's source | copy of block fork+j |
-| lambdas, fusion gains, memory tokens        | - (initialised: lambdas from config, gains 1, memory N(0, 0.02)) | - |
+| lambdas (mask, keypoint), fusion gains, memory tokens | - (initialised: lambdas from config, gains 1, memory N(0, 0.02)) | - |
 
 Recipes when both files are given: ``seed`` (default; seed 000 §7): Pi3 provides blocks 0..17 and
 the registers, the checkpoint everything else (patch_embed, blocks 18..23, camera token, mask head,
@@ -30,7 +30,7 @@ Recipe = Literal["seed", "checkpoint_first"]
 PI3_BLOCK_PAIRS = 18
 PI3_HEAD_PREFIXES = ("point_decoder.", "point_head.", "conf_decoder.", "conf_head.", "camera_decoder.", "camera_head.")
 PI3_IGNORED = ("image_mean", "image_std")
-NEW_MODULE_PATTERNS = ("aggregator.mask_bias.", "aggregator.memory_tokens")
+NEW_MODULE_PATTERNS = ("aggregator.mask_bias.", "aggregator.keypoint_bias.", "aggregator.memory_tokens")
 MASK_PREFIX = "aggregator.spatial_mask_head."
 #: the design notes' block names, read as the project's (``time_blocks`` = ``frame_blocks``, ...)
 _KEY_ALIASES = re.compile(r"^(aggregator\.)(pose_)?(time|view)_blocks\.")

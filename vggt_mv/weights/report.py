@@ -23,7 +23,7 @@ def module_of(key: str) -> tuple[str, int | None]:
     if parts[0] == "aggregator":
         if parts[1] in ("camera_token", "register_token"):
             return "aggregator.special_tokens", None
-        if parts[1] in ("patch_embed", "spatial_mask_head", "mask_bias", "memory_tokens"):
+        if parts[1] in ("patch_embed", "spatial_mask_head", "mask_bias", "keypoint_bias", "memory_tokens"):
             return "aggregator." + parts[1], None
     return parts[0], None
 
