@@ -11,8 +11,14 @@ ties it to a Gradio session, so a shared server would need a side channel to map
 to "that tab" and would lose the scene on every reload. With a server per session the mapping
 is the URL itself, the scene is server-scoped (a reloaded iframe gets the full scene replayed),
 and two tabs cannot touch each other's nodes or GUI. Cost: one port and one asyncio thread per
-open tab; servers are stopped when Gradio drops the session (``gr.State`` ``delete_callback`` /
-``demo.unload``) and at most ``SessionRegistry.max_sessions`` are kept (oldest evicted).
+open tab.
+
+Lifetime: the registry is keyed by Gradio's ``request.session_hash``. When a tab closes (Gradio's
+heartbeat notices within ``GRADIO_HEARTBEAT_INTERVAL``) ``demo.unload`` releases its session: the
+viser server stops (its port is free), its results are dropped and its folder (exports, videos,
+HTML, under the one app temp root) is deleted. At most ``max_sessions`` are kept: the oldest is
+evicted, its tab says "session expired" and its next action starts a fresh session. Everything
+(all sessions and the temp root) is also removed at process exit, SIGTERM included.
 
 Models are cached process-wide (loading the 1B model twice would double memory) and shared
 between sessions; the per-run settings (λs, sparse strategy, layout) are applied and the model
@@ -22,6 +28,8 @@ run under one global lock, so concurrent tabs cannot see each other's settings.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -46,7 +54,7 @@ PRESETS = ("tiny", "vggt_mv", "vggt_mv_fin10", "vggt", "page4d", "page4d_mask", 
 EPIPOLAR = ("off", "gt", "previous")
 STRATEGIES = ("none", "landmark", "dilated", "memory_bank")
 LAYOUTS = ("auto", "factorized", "flat")
-RESOLUTIONS = (112, 168, 224, 280, 336, 392, 518)
+RESOLUTIONS = (56, 112, 168, 224, 280, 336, 392, 518)
 
 RUN_LOCK = threading.Lock()
 _MODEL_CACHE: dict[tuple, tuple[Any, str]] = {}
@@ -55,6 +63,12 @@ _MODEL_LOCK = threading.Lock()
 
 class UserError(ValueError):
     """A problem with the user's input; its message is shown in the page as-is."""
+
+
+class SessionExpired(RuntimeError):
+    """This tab's session was evicted (``--max-sessions``) or released: nothing may be written into it."""
+
+    MESSAGE = "**Session expired** — press **Run** again (a fresh session starts)."
 
 
 class CancelToken(threading.Event):
@@ -104,6 +118,14 @@ def parse_views(text: str) -> list[str]:
                             "vggt-mv-app; give one camera folder/video per line, or a scene root "
                             f"(e.g. {SAMPLE_DIR}).")
     return [str(Path(p).expanduser()) for p in paths]
+
+
+def resolution_choices(preset: str) -> list[int]:
+    """The widths the page offers for ``preset``: ``RESOLUTIONS`` up to the preset's training size."""
+    from vggt_mv.config import ModelConfig
+
+    top = ModelConfig.preset(preset).img_size if preset in PRESETS else max(RESOLUTIONS)
+    return [r for r in RESOLUTIONS if r <= top]
 
 
 def lambda_bound(preset: str) -> float:
@@ -202,8 +224,9 @@ def _gt_dict(scene: Any) -> dict | None:
     return out or None
 
 
-def load_params_scene(params: RunParams) -> Any:
-    """The scene a run would use (validated options, frame range, resolution)."""
+def load_params_scene(params: RunParams, check_only: bool = False) -> Any:
+    """The scene a run would use (validated options, frame range, resolution); ``check_only``:
+    validate the options and return None without reading the scene."""
     from vggt_mv.data.scene import load_scene
 
     if params.preset not in PRESETS:
@@ -212,6 +235,11 @@ def load_params_scene(params: RunParams) -> Any:
         raise UserError(f"unknown sparse strategy {params.strategy!r}")
     if params.resolution % 14:
         raise UserError(f"resolution must be a multiple of 14, got {params.resolution}")
+    if params.resolution > max(resolution_choices(params.preset)):
+        raise UserError(f"resolution {params.resolution} is above the largest offered for preset {params.preset} "
+                        f"({max(resolution_choices(params.preset))}); pick one from the list")
+    if check_only:
+        return None
     views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
     stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
     try:
@@ -224,21 +252,65 @@ def load_params_scene(params: RunParams) -> Any:
     return scene
 
 
-def estimate_params(params: RunParams) -> str:
-    """A one-line time/memory estimate for the run ``params`` describe (before it starts)."""
+def _params_config(params: RunParams) -> Any:
     from vggt_mv.config import ModelConfig
-    from vggt_mv.inference.estimate import estimate_run
 
-    scene = load_params_scene(params)
-    layout = None if params.layout in ("auto", "", None) else params.layout
     try:
         cfg = ModelConfig.from_json(params.config) if params.config else ModelConfig.preset(params.preset)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    est = estimate_run(cfg, scene.T, scene.V, scene.H, scene.W,
-                       window=int(params.window), overlap=int(params.overlap), layout=layout,
-                       device=resolve_device(params.device))
-    return f"Estimated {est} for T={scene.T} × V={scene.V} at {scene.H}×{scene.W}."
+    if params.strategy == "memory_bank":
+        cfg.sparse.strategy = "memory_bank"
+    return cfg
+
+
+def params_shape(params: RunParams) -> tuple[int, int, int, int, bool]:
+    """``(T, V, H, W, has_gt)`` of the run ``params`` describe, from listings and image headers only."""
+    from vggt_mv.inference.estimate import scene_shape
+
+    load_params_scene(params, check_only=True)
+    views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
+    stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
+    try:
+        return scene_shape(views, resolution=int(params.resolution),
+                           frame_range=(int(params.frame_start) or None, stop), stride=max(1, int(params.stride)))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"could not load the scene from {', '.join(params.views)}: {exc}") from exc
+
+
+def _model_cached(params: RunParams, device: str) -> bool:
+    return any(k[0] == params.preset and k[3] == device and k[4] == (params.strategy == "memory_bank")
+               and k[1] is None and k[2] is None and k[7] is None for k in _MODEL_CACHE) and not (
+        params.checkpoint or params.pi3 or params.config)
+
+
+def memory_problem(params: RunParams) -> str | None:
+    """None if the run fits in memory, else the page's refusal with the largest resolution / window /
+    frame range that would fit (the same check as ``vggt-mv reconstruct``)."""
+    from vggt_mv.inference.estimate import RunShape, check_memory
+
+    device = resolve_device(params.device)
+    t, v, h, w, gt = params_shape(params)
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    problem = check_memory(_params_config(params), RunShape(t, v, h, w, int(params.window), int(params.overlap)),
+                           device=device, resolutions=resolution_choices(params.preset), gt=gt, layout=layout,
+                           model_loaded=_model_cached(params, device))
+    if problem is None:
+        return None
+    return f"Not run: {problem}. Change those settings and press Run again."
+
+
+def estimate_params(params: RunParams) -> str:
+    """A one-line time/memory estimate for the run ``params`` describe (before it starts)."""
+    from vggt_mv.inference.estimate import estimate_run
+
+    t, v, h, w, gt = params_shape(params)
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    device = resolve_device(params.device)
+    est = estimate_run(_params_config(params), t, v, h, w, window=int(params.window),
+                       overlap=int(params.overlap), layout=layout, device=device, gt=gt,
+                       model_loaded=_model_cached(params, device))
+    return f"Estimated {est} for T={t} × V={v} at {h}×{w}."
 
 
 def attention_diagnostics(params: RunParams) -> list[list[str]]:
@@ -293,6 +365,10 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     report = progress or (lambda frac, msg: None)
     t0 = time.time()
     device = resolve_device(params.device)
+    report(0.01, "checking memory")
+    problem = memory_problem(params)
+    if problem:
+        raise UserError(problem)
     report(0.02, "loading scene")
     scene = load_params_scene(params)
     if cancel.is_set():
@@ -349,9 +425,15 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
 class SessionState:
     """Everything one browser tab owns: its viser server + scene, current and previous run."""
 
-    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, start_viewer: bool = True) -> None:
+    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, start_viewer: bool = True,
+                 folder: Path | None = None, key: str | None = None) -> None:
         self.id = uuid.uuid4().hex[:10]
+        self.key = key or self.id  # Gradio's session_hash of the tab (the registry's key)
         self.created = time.time()
+        self.folder = folder  # this session's files (exports, videos, HTML); deleted with the session
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.evicted = False
         self.host = host
         self.rec: Reconstruction | None = None
         self.prev: Reconstruction | None = None
@@ -382,8 +464,11 @@ class SessionState:
 
     def set_result(self, rec: Reconstruction, info: dict[str, Any], ab: bool = True,
                    conf_percentile: float | None = None) -> None:
-        """Install a new run; the previous one becomes the (Sim(3)-aligned) ghost in A/B mode."""
+        """Install a new run; the previous one becomes the (Sim(3)-aligned) ghost in A/B mode.
+        Raises ``SessionExpired`` if the session was closed (its viser server is stopped)."""
         with self.lock:
+            if self.closed:
+                raise SessionExpired(f"session {self.id} was closed")
             self.prev, self.rec, self.info = self.rec, rec, info
             self.comparison = None
             ghost = None
@@ -394,48 +479,91 @@ class SessionState:
             if self.view is not None:
                 self.view.build(rec, ghost=ghost, conf_percentile=conf_percentile)
 
-    def close(self) -> None:
+    def new_folder(self, kind: str) -> Path:
+        """A fresh folder for one export under this session's folder (a temp dir without one)."""
         if self.closed:
-            return
-        self.closed = True
+            raise SessionExpired(f"session {self.id} was closed")
+        if self.folder is None:
+            return Path(tempfile.mkdtemp(prefix=f"vggt_mv_{self.id}_{kind}_"))
+        return Path(tempfile.mkdtemp(prefix=f"{kind}_", dir=self.folder))
+
+    def close(self) -> None:
+        """Stop the viser server (frees the port), drop the results, delete the session's folder."""
+        with self.lock:  # waits for a set_result in progress; later ones see `closed`
+            if self.closed:
+                return
+            self.closed = True
         self.cancel.set()
         if self.view is not None:
-            self.view.close()
+            try:
+                self.view.close()
+            except Exception as exc:  # noqa: BLE001 - closing a session must not fail the page
+                log.warning("closing the scene of session %s failed: %s", self.id, exc)
         if self.server is not None:
             try:
                 self.server.stop()
-            except Exception as exc:  # noqa: BLE001 - closing a session must not fail the page
+            except Exception as exc:  # noqa: BLE001
                 log.warning("stopping viser server of session %s failed: %s", self.id, exc)
-        self.rec = self.prev = None
+        self.rec = self.prev = self.comparison = self.view = None
+        self.export_dir = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SessionRegistry:
-    """Creates / tracks / stops per-session viewers; evicts the oldest beyond ``max_sessions``."""
+    """Creates / tracks / stops per-session viewers, keyed by Gradio's ``session_hash``; evicts the
+    oldest beyond ``max_sessions``. Session folders live under one temp root (``self.root``),
+    created here and removed by ``close_all``."""
 
     def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, max_sessions: int = 16) -> None:
-        self.host, self.viser_port, self.max_sessions = host, viser_port, max_sessions
+        self.host, self.viser_port, self.max_sessions = host, viser_port, max(1, int(max_sessions))
         self.sessions: dict[str, SessionState] = {}
+        self.root = Path(tempfile.mkdtemp(prefix="vggt_mv_app_"))
+        self.sessions_dir = self.root / "sessions"  # one folder per session (exports, videos, HTML)
         self._lock = threading.Lock()
 
-    def new(self) -> SessionState:
+    def new(self, key: str | None = None) -> SessionState:
+        """A fresh session for the tab ``key`` (its previous one, if any, is closed first)."""
         with self._lock:
+            old = self.sessions.pop(key, None) if key else None
+            evicted = []
             while len(self.sessions) >= self.max_sessions:
                 oldest = min(self.sessions.values(), key=lambda s: s.created)
                 log.info("evicting session %s (max %d)", oldest.id, self.max_sessions)
-                self.sessions.pop(oldest.id).close()
-            sess = SessionState(self.host, self.viser_port)
-            self.sessions[sess.id] = sess
-            return sess
+                oldest.evicted = True
+                evicted.append(self.sessions.pop(oldest.key))
+            sess = SessionState(self.host, self.viser_port, folder=None, key=key)
+            sess.folder = self.sessions_dir / sess.id
+            sess.folder.mkdir(parents=True, exist_ok=True)
+            self.sessions[sess.key] = sess
+        for s in ([old] if old is not None else []) + evicted:
+            s.close()
+        return sess
+
+    def get(self, key: str | None) -> SessionState | None:
+        with self._lock:
+            return self.sessions.get(key) if key else None
+
+    def release(self, key: str | None) -> None:
+        """The tab ``key`` closed: stop and delete its session (no-op if it has none)."""
+        with self._lock:
+            sess = self.sessions.pop(key, None) if key else None
+        if sess is not None:
+            log.info("tab closed: releasing session %s (port %s)", sess.id, sess.viser_port)
+            sess.close()
 
     def drop(self, sess: SessionState | None) -> None:
         if sess is None:
             return
         with self._lock:
-            self.sessions.pop(sess.id, None)
+            if self.sessions.get(sess.key) is sess:
+                self.sessions.pop(sess.key)
         sess.close()
 
     def close_all(self) -> None:
+        """Close every session and remove the temp root (process exit)."""
         with self._lock:
             sessions, self.sessions = list(self.sessions.values()), {}
         for s in sessions:
             s.close()
+        shutil.rmtree(self.root, ignore_errors=True)
