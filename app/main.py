@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from .state import (EPIPOLAR, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true",
                    help="load weights that do not cover the whole model (the banner says 'partial weights')")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--resolution", type=int, default=168, help=f"image width, one of {RESOLUTIONS} "
+    p.add_argument("--resolution", type=int, default=112, help=f"image width, one of {RESOLUTIONS} "
                    "(up to the preset's training size; default %(default)s: the sample runs in seconds on CPU)")
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--overlap", type=int, default=2)
@@ -78,8 +79,8 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
         views = list(args.views)
     elif args.scene:
         views = [args.scene]
-    else:
-        views = [str(SAMPLE_DIR)]
+    else:  # the bundled sample, shown relative to the folder the app runs in when it is below it
+        views = [os.path.relpath(SAMPLE_DIR) if SAMPLE_DIR.is_relative_to(Path.cwd()) else str(SAMPLE_DIR)]
     from vggt_mv.weights.hub import implied_preset
 
     preset = args.preset or implied_preset(args.checkpoint, args.pi3) or "tiny"

@@ -71,6 +71,10 @@ class SessionExpired(RuntimeError):
     MESSAGE = "**Session expired** — press **Run** again (a fresh session starts)."
 
 
+class MemoryRefusal(UserError):
+    """The memory estimate says the run will not fit; the message names what would."""
+
+
 class CancelToken(threading.Event):
     """An Event that is also a zero-argument callable returning whether it is set."""
 
@@ -297,7 +301,7 @@ def memory_problem(params: RunParams) -> str | None:
                            model_loaded=_model_cached(params, device))
     if problem is None:
         return None
-    return f"Not run: {problem}. Change those settings and press Run again."
+    return f"{problem}. Change one of those and press Run again."
 
 
 def estimate_params(params: RunParams) -> str:
@@ -368,7 +372,7 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     report(0.01, "checking memory")
     problem = memory_problem(params)
     if problem:
-        raise UserError(problem)
+        raise MemoryRefusal(problem)
     report(0.02, "loading scene")
     scene = load_params_scene(params)
     if cancel.is_set():

@@ -17,7 +17,7 @@ from vggt_mv.weights.hub import describe_weights, weights_choices
 from .state import (
     EPIPOLAR, LAYOUTS, PRESETS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
     attention_diagnostics, estimate_params, resolution_choices,
-    SessionExpired, SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
+    MemoryRefusal, SessionExpired, SessionState, UserError, demo_weights, lambda_bound, parse_views, run_reconstruction,
 )
 
 log = logging.getLogger("vggt_mv.app")
@@ -45,16 +45,20 @@ VISER_HTML = """
 </div>
 """
 
-# Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN).
+# Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN). The
+# value is "PORT SESSION": a fresh session may reuse a freed port, and its id in the URL makes the
+# iframe load anew instead of keeping the stopped server's page.
 IFRAME_JS = """
-(port) => {
-  if (!port) { return port; }
-  const url = window.location.protocol + '//' + window.location.hostname + ':' + String(port).trim() + '/';
+(value) => {
+  if (!value) { return value; }
+  const [port, sid] = String(value).trim().split(/\\s+/);
+  const url = window.location.protocol + '//' + window.location.hostname + ':' + port + '/'
+    + (sid ? '?session=' + sid : '');
   const frame = document.getElementById('viser-frame');
   if (frame && frame.getAttribute('src') !== url) { frame.setAttribute('src', url); }
   const link = document.getElementById('viser-link');
   if (link) { link.href = url; }
-  return port;
+  return value;
 }
 """
 
@@ -260,7 +264,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             """This tab's session (a fresh one after an eviction / on first load) and its viser port."""
             if sess is None or sess.closed:
                 sess = registry.new(request.session_hash)
-            return sess, str(sess.viser_port)
+            return sess, f"{sess.viser_port} {sess.id}"
 
         def release_session(request: gr.Request):  # the tab closed (Gradio's heartbeat stopped)
             registry.release(request.session_hash)
@@ -297,6 +301,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 progress(0.97, desc="uploading scene")
                 sess.params = params
                 sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
+            except MemoryRefusal as exc:  # the app stays up; the message says what would fit
+                return (f"**Not run:** {exc}",) + (keep,) * 9
             except UserError as exc:
                 return (f"**Input problem:** {exc}",) + (keep,) * 9
             except SessionExpired:  # evicted while running: nothing was written into its stopped server

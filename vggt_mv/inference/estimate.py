@@ -258,7 +258,13 @@ def check_memory(cfg: ModelConfig, shape: RunShape, *, device: str = "cpu",
     else:
         need = (f"~{(est.peak_bytes if dev is None else est.host_bytes) / 2**30:.2f} GiB of RAM but "
                 f"{host / 2**30:.2f} GiB is available ({host_src})")
-    fits = lambda s: _fits(cfg, s, device, host, dev, **kw)[0]  # noqa: E731
+
+    def fits(candidate: RunShape) -> bool:
+        try:
+            return _fits(cfg, candidate, device, host, dev, **kw)[0]
+        except ValueError:  # e.g. windows without overlap cannot be stitched: not an option
+            return False
+
     options = []
     for r in sorted((r for r in resolutions if r < shape.w), reverse=True):
         h = max(14, round(shape.h * r / shape.w / 14) * 14)
