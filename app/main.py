@@ -85,13 +85,20 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
 
     preset = args.preset or implied_preset(args.checkpoint, args.pi3) or "tiny"
     if preset in PRESETS and args.resolution not in resolution_choices(preset):
-        raise SystemExit(f"vggt-mv-app: error: --resolution {args.resolution} is not offered for preset {preset}; "
+        raise ValueError(f"--resolution {args.resolution} is not offered for preset {preset}; "
                          f"choose one of {', '.join(map(str, resolution_choices(preset)))}")
     return RunParams(views=views, preset=preset, checkpoint=args.checkpoint, pi3=args.pi3,
                      device=args.device, resolution=args.resolution, window=args.window,
                      overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
                      config=args.config, time_bias=args.time_bias, query_points=args.query_points,
                      epipolar=args.epipolar)
+
+
+def check_args(args: argparse.Namespace) -> RunParams:
+    """Option checks (ValueError naming the option); returns the page's defaults."""
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    return defaults_from_args(args)
 
 
 def release_at_exit(registry: SessionRegistry) -> None:
@@ -118,9 +125,7 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
 
     import gradio as gr
 
-    if args.max_sessions < 1:
-        raise SystemExit(f"vggt-mv-app: error: --max-sessions must be >= 1, got {args.max_sessions}")
-    defaults = defaults_from_args(args)
+    defaults = check_args(args)
     registry = SessionRegistry(host=args.host, viser_port=args.viser_port, max_sessions=args.max_sessions)
     release_at_exit(registry)
     # Gradio's own cache (gallery images) goes under the app root too, so exit removes it; export
@@ -157,7 +162,12 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # a bad option: one line, exit 2, before anything starts
+        check_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     launch(args, block=True)
     return 0
 

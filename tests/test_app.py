@@ -371,3 +371,14 @@ def test_offline_html_button_keeps_the_viewers_look(session, rec, tmp_path):
     assert np.allclose(rot[-1]["wxyz"], ROOT_WXYZ["+z"])
     sizes = {m["props"]["point_size"] for _, m in by_type(recording, "PointCloudMessage")}
     assert sizes and all(s == pytest.approx(0.02 * session.view.scale, rel=1e-5) for s in sizes)
+
+
+@pytest.mark.parametrize("extra, needle", [(["--resolution", "14000"], "--resolution 14000 is not offered"),
+                                          (["--max-sessions", "0"], "--max-sessions must be >= 1")])
+def test_app_bad_options_are_one_line(extra, needle, capsys):
+    from vggt_mv_app.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "0", *extra])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and "Traceback" not in err
