@@ -91,12 +91,14 @@ def running_app(*args: str, env: dict | None = None, info: dict | None = None):
         yield url, vport
     finally:
         proc.terminate()
+        t_stop = time.time()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         if info is not None:
-            info["returncode"] = proc.returncode
+            info.update(returncode=proc.returncode, stop_s=time.time() - t_stop)
 
 
 def _free_port() -> int:
