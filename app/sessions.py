@@ -63,7 +63,8 @@ class SessionState:
         self.folder = folder  # this session's files (exports, videos, HTML); deleted with the session
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-        self.evicted = False
+        self.evicted = False  # closed by --max-sessions (the tab is told once: told_expired)
+        self.told_expired = False
         self.host = host
         self.rec: Reconstruction | None = None
         self.prev: Reconstruction | None = None

@@ -271,7 +271,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
 
         def on_tick(sess: SessionState | None):
             """Tell an evicted tab once (its viser server is gone; the next action starts a new one)."""
-            if sess is not None and sess.evicted and not getattr(sess, "told_expired", False):
+            if sess is not None and sess.evicted and not sess.told_expired:
                 sess.told_expired = True
                 return SessionExpired.MESSAGE
             return gr.update()
