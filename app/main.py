@@ -2,23 +2,29 @@
 
     vggt-mv-app [--views DIR ...] [--scene ROOT] [--preset P | --config JSON] [--checkpoint X] [--pi3 Y]
                 [--query-points NPY] [--epipolar off|gt|previous] [--time-bias S]
-                [--device D] [--port N] [--viser-port M] [--host 127.0.0.1]
+                [--device D] [--port N] [--viser-port M] [--host 127.0.0.1] [--no-autorun]
 
-With no arguments it opens the bundled sample (``assets/sample``) with the ``tiny`` preset.
+With no arguments it opens the bundled sample (``assets/sample``) with the ``tiny`` preset and runs
+it when a page first loads, so the viewer opens on a reconstruction (``--no-autorun``: wait for Run).
 Binds 127.0.0.1 by default; a port in use moves to the next free one (Gradio and viser both).
-With ``--views`` / ``--scene`` the model runs as soon as a page opens.
+A tab's viser server, results and files are released when the tab closes and at exit (SIGTERM too).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import logging
+import os
+import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
-from .state import EPIPOLAR, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry
+from .state import (EPIPOLAR, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry,
+                    resolution_choices)
 
 log = logging.getLogger("vggt_mv.app")
 
@@ -48,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true",
                    help="load weights that do not cover the whole model (the banner says 'partial weights')")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--resolution", type=int, default=224, help=f"image width, multiple of 14 ({RESOLUTIONS})")
+    p.add_argument("--resolution", type=int, default=112, help=f"image width, one of {RESOLUTIONS} "
+                   "(up to the preset's training size; default %(default)s: the sample runs in seconds on CPU)")
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--overlap", type=int, default=2)
     p.add_argument("--sparse", default="none", choices=STRATEGIES)
@@ -64,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="Gradio port (next free one if taken)")
     p.add_argument("--viser-port", type=int, default=8081, help="first viser port (one per open tab)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1 = this machine only)")
-    p.add_argument("--max-sessions", type=int, default=16, help="viser servers kept at most (oldest evicted)")
-    p.add_argument("--autorun", action=argparse.BooleanOptionalAction, default=None,
-                   help="run as soon as a page opens (default: on with --views/--scene)")
+    p.add_argument("--max-sessions", type=int, default=16,
+                   help="open tabs served at most; the oldest is evicted and told 'session expired'")
+    p.add_argument("--autorun", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the scene in the box when a page first loads (default on; --no-autorun waits for Run)")
     return p
 
 
@@ -75,16 +83,44 @@ def defaults_from_args(args: argparse.Namespace) -> RunParams:
         views = list(args.views)
     elif args.scene:
         views = [args.scene]
-    else:
-        views = [str(SAMPLE_DIR)]
+    else:  # the bundled sample, shown relative to the folder the app runs in when it is below it
+        views = [os.path.relpath(SAMPLE_DIR) if SAMPLE_DIR.is_relative_to(Path.cwd()) else str(SAMPLE_DIR)]
     from vggt_mv.weights.hub import implied_preset
 
     preset = args.preset or implied_preset(args.checkpoint, args.pi3) or "tiny"
+    if preset in PRESETS and args.resolution not in resolution_choices(preset):
+        raise ValueError(f"--resolution {args.resolution} is not offered for preset {preset}; "
+                         f"choose one of {', '.join(map(str, resolution_choices(preset)))}")
     return RunParams(views=views, preset=preset, checkpoint=args.checkpoint, pi3=args.pi3,
                      device=args.device, resolution=args.resolution, window=args.window,
                      overlap=args.overlap, strategy=args.sparse, allow_partial=args.allow_partial,
                      config=args.config, time_bias=args.time_bias, query_points=args.query_points,
                      epipolar=args.epipolar, keypoints=args.keypoints, lambda_kpt=args.lambda_kpt)
+
+
+def check_args(args: argparse.Namespace) -> RunParams:
+    """Option checks (ValueError naming the option); returns the page's defaults."""
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    return defaults_from_args(args)
+
+
+def release_at_exit(registry: SessionRegistry) -> None:
+    """Close every session (viser servers, results, files, the temp root) at exit, SIGTERM included."""
+    atexit.register(registry.close_all)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        log.info("SIGTERM: releasing %d session(s)", len(registry.sessions))
+        registry.close_all()
+        if callable(previous):
+            previous(signum, frame)
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (e.g. launched from a notebook thread): atexit only
+        pass
 
 
 def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRegistry, str]:
@@ -93,9 +129,15 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
 
     import gradio as gr
 
+    defaults = check_args(args)
     registry = SessionRegistry(host=args.host, viser_port=args.viser_port, max_sessions=args.max_sessions)
-    autorun = args.autorun if args.autorun is not None else bool(args.views or args.scene)
-    demo = build_ui(registry, defaults_from_args(args), autorun=autorun)
+    release_at_exit(registry)
+    # Gradio's own cache (gallery images) goes under the app root too, so exit removes it; export
+    # files are served from the session folders in place (no copy left behind in Gradio's cache).
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(registry.root / "gradio"))
+    registry.sessions_dir.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([str(registry.sessions_dir)])
+    demo = build_ui(registry, defaults, autorun=bool(args.autorun))
     port = free_port(args.port, args.host)
     if port != args.port:
         log.warning("port %d is in use; using %d", args.port, port)
@@ -109,7 +151,8 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
     demo.queue(default_concurrency_limit=4)
     demo.launch(**kwargs)
     url = f"http://{args.host}:{port}/"
-    print(f"vggt-mv-app: open {url}  (viser scenes from port {args.viser_port}, one per tab)", flush=True)
+    print(f"vggt-mv-app: open {url}  (viser scenes from port {args.viser_port}, one per tab; "
+          f"session files under {registry.root})", flush=True)
     if block:
         try:
             demo.block_thread()
@@ -123,7 +166,12 @@ def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRe
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # a bad option: one line, exit 2, before anything starts
+        check_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     launch(args, block=True)
     return 0
 

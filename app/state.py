@@ -1,18 +1,6 @@
-"""Per-session state of the viewer, the shared model cache, and the run function.
+"""Run parameters of the viewer, the shared model cache, and the run function.
 
-Per-tab isolation
------------------
-Every Gradio session (browser tab) gets its own ``SessionState`` (held in a ``gr.State``, so
-Gradio keys it by session) and **its own viser server** on its own port; the tab's iframe
-points at that port. We chose one viser server per session over one server with per-client
-scenes because viser client handles are ephemeral and anonymous: a client handle lives for one
-websocket connection (an iframe reload is a new client with a new id) and carries nothing that
-ties it to a Gradio session, so a shared server would need a side channel to map "this iframe"
-to "that tab" and would lose the scene on every reload. With a server per session the mapping
-is the URL itself, the scene is server-scoped (a reloaded iframe gets the full scene replayed),
-and two tabs cannot touch each other's nodes or GUI. Cost: one port and one asyncio thread per
-open tab; servers are stopped when Gradio drops the session (``gr.State`` ``delete_callback`` /
-``demo.unload``) and at most ``SessionRegistry.max_sessions`` are kept (oldest evicted).
+Per-tab sessions (viser server, results, files) live in ``sessions.py``.
 
 Models are cached process-wide (loading the 1B model twice would double memory) and shared
 between sessions; the per-run settings (λs, sparse strategy, layout) are applied and the model
@@ -24,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +23,7 @@ from vggt_mv.inference.pipeline import reconstruct
 from vggt_mv.inference.reconstruction import Reconstruction
 from vggt_mv.weights.demo import demo_weights
 
-from .compare import Comparison, align_reconstruction, compare
+from .sessions import CancelToken, SessionExpired, SessionRegistry, SessionState  # noqa: F401 (re-exported)
 
 log = logging.getLogger("vggt_mv.app")
 
@@ -46,7 +33,7 @@ PRESETS = ("tiny", "vggt_mv", "vggt_mv_fin10", "vggt", "page4d", "page4d_mask", 
 EPIPOLAR = ("off", "gt", "previous")
 STRATEGIES = ("none", "landmark", "dilated", "memory_bank")
 LAYOUTS = ("auto", "factorized", "flat")
-RESOLUTIONS = (112, 168, 224, 280, 336, 392, 518)
+RESOLUTIONS = (56, 112, 168, 224, 280, 336, 392, 518)
 
 RUN_LOCK = threading.Lock()
 _MODEL_CACHE: dict[tuple, tuple[Any, str]] = {}
@@ -57,11 +44,8 @@ class UserError(ValueError):
     """A problem with the user's input; its message is shown in the page as-is."""
 
 
-class CancelToken(threading.Event):
-    """An Event that is also a zero-argument callable returning whether it is set."""
-
-    def __call__(self) -> bool:
-        return self.is_set()
+class MemoryRefusal(UserError):
+    """The memory estimate says the run will not fit; the message names what would."""
 
 
 # ---------------------------------------------------------------------------- run parameters
@@ -107,6 +91,14 @@ def parse_views(text: str) -> list[str]:
                             "vggt-mv-app; give one camera folder/video per line, or a scene root "
                             f"(e.g. {SAMPLE_DIR}).")
     return [str(Path(p).expanduser()) for p in paths]
+
+
+def resolution_choices(preset: str) -> list[int]:
+    """The widths the page offers for ``preset``: ``RESOLUTIONS`` up to the preset's training size."""
+    from vggt_mv.config import ModelConfig
+
+    top = ModelConfig.preset(preset).img_size if preset in PRESETS else max(RESOLUTIONS)
+    return [r for r in RESOLUTIONS if r <= top]
 
 
 def lambda_bound(preset: str) -> float:
@@ -228,8 +220,9 @@ def _gt_dict(scene: Any) -> dict | None:
     return out or None
 
 
-def load_params_scene(params: RunParams) -> Any:
-    """The scene a run would use (validated options, frame range, resolution)."""
+def load_params_scene(params: RunParams, check_only: bool = False) -> Any:
+    """The scene a run would use (validated options, frame range, resolution); ``check_only``:
+    validate the options and return None without reading the scene."""
     from vggt_mv.data.scene import load_scene
 
     if params.preset not in PRESETS:
@@ -238,6 +231,11 @@ def load_params_scene(params: RunParams) -> Any:
         raise UserError(f"unknown sparse strategy {params.strategy!r}")
     if params.resolution % 14:
         raise UserError(f"resolution must be a multiple of 14, got {params.resolution}")
+    if params.resolution > max(resolution_choices(params.preset)):
+        raise UserError(f"resolution {params.resolution} is above the largest offered for preset {params.preset} "
+                        f"({max(resolution_choices(params.preset))}); pick one from the list")
+    if check_only:
+        return None
     views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
     stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
     try:
@@ -250,21 +248,65 @@ def load_params_scene(params: RunParams) -> Any:
     return scene
 
 
-def estimate_params(params: RunParams) -> str:
-    """A one-line time/memory estimate for the run ``params`` describe (before it starts)."""
+def _params_config(params: RunParams) -> Any:
     from vggt_mv.config import ModelConfig
-    from vggt_mv.inference.estimate import estimate_run
 
-    scene = load_params_scene(params)
-    layout = None if params.layout in ("auto", "", None) else params.layout
     try:
         cfg = ModelConfig.from_json(params.config) if params.config else ModelConfig.preset(params.preset)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    est = estimate_run(cfg, scene.T, scene.V, scene.H, scene.W,
-                       window=int(params.window), overlap=int(params.overlap), layout=layout,
-                       device=resolve_device(params.device))
-    return f"Estimated {est} for T={scene.T} × V={scene.V} at {scene.H}×{scene.W}."
+    if params.strategy == "memory_bank":
+        cfg.sparse.strategy = "memory_bank"
+    return cfg
+
+
+def params_shape(params: RunParams) -> tuple[int, int, int, int, bool]:
+    """``(T, V, H, W, has_gt)`` of the run ``params`` describe, from listings and image headers only."""
+    from vggt_mv.inference.estimate import scene_shape
+
+    load_params_scene(params, check_only=True)
+    views: Any = params.views[0] if len(params.views) == 1 else list(params.views)
+    stop = params.frame_stop if params.frame_stop and params.frame_stop > 0 else None
+    try:
+        return scene_shape(views, resolution=int(params.resolution),
+                           frame_range=(int(params.frame_start) or None, stop), stride=max(1, int(params.stride)))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"could not load the scene from {', '.join(params.views)}: {exc}") from exc
+
+
+def _model_cached(params: RunParams, device: str) -> bool:
+    return any(k[0] == params.preset and k[3] == device and k[4] == (params.strategy == "memory_bank")
+               and k[1] is None and k[2] is None and k[7] is None for k in _MODEL_CACHE) and not (
+        params.checkpoint or params.pi3 or params.config)
+
+
+def memory_problem(params: RunParams) -> str | None:
+    """None if the run fits in memory, else the page's refusal with the largest resolution / window /
+    frame range that would fit (the same check as ``vggt-mv reconstruct``)."""
+    from vggt_mv.inference.estimate import RunShape, check_memory
+
+    device = resolve_device(params.device)
+    t, v, h, w, gt = params_shape(params)
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    problem = check_memory(_params_config(params), RunShape(t, v, h, w, int(params.window), int(params.overlap)),
+                           device=device, resolutions=resolution_choices(params.preset), gt=gt, layout=layout,
+                           model_loaded=_model_cached(params, device))
+    if problem is None:
+        return None
+    return f"{problem}. Change one of those and press Run again."
+
+
+def estimate_params(params: RunParams) -> str:
+    """A one-line time/memory estimate for the run ``params`` describe (before it starts)."""
+    from vggt_mv.inference.estimate import estimate_run
+
+    t, v, h, w, gt = params_shape(params)
+    layout = None if params.layout in ("auto", "", None) else params.layout
+    device = resolve_device(params.device)
+    est = estimate_run(_params_config(params), t, v, h, w, window=int(params.window),
+                       overlap=int(params.overlap), layout=layout, device=device, gt=gt,
+                       model_loaded=_model_cached(params, device))
+    return f"Estimated {est} for T={t} × V={v} at {h}×{w}."
 
 
 def attention_diagnostics(params: RunParams) -> list[list[str]]:
@@ -335,6 +377,10 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
     report = progress or (lambda frac, msg: None)
     t0 = time.time()
     device = resolve_device(params.device)
+    report(0.01, "checking memory")
+    problem = memory_problem(params)
+    if problem:
+        raise MemoryRefusal(problem)
     report(0.02, "loading scene")
     scene = load_params_scene(params)
     keypoints = load_params_keypoints(params, scene)
@@ -395,99 +441,3 @@ def run_reconstruction(params: RunParams, progress: Callable[[float, str], None]
             "H": scene.H, "W": scene.W, "device": device, "layout": layout or "preset default"}
     report(1.0, "done")
     return rec, info
-
-
-# ---------------------------------------------------------------------------- sessions
-class SessionState:
-    """Everything one browser tab owns: its viser server + scene, current and previous run."""
-
-    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, start_viewer: bool = True) -> None:
-        self.id = uuid.uuid4().hex[:10]
-        self.created = time.time()
-        self.host = host
-        self.rec: Reconstruction | None = None
-        self.prev: Reconstruction | None = None
-        self.comparison: Comparison | None = None
-        self.info: dict[str, Any] = {}
-        self.params: RunParams | None = None
-        self.cancel = CancelToken()
-        self.export_dir: Path | None = None
-        self.lock = threading.Lock()
-        self.server: Any = None
-        self.view: Any = None
-        self.closed = False
-        if start_viewer:
-            self.start_viewer(viser_port)
-
-    def start_viewer(self, port: int) -> None:
-        import viser
-
-        from .scene_view import SceneView
-
-        self.server = viser.ViserServer(host=self.host, port=port, label=f"vggt-mv {self.id}", verbose=False)
-        self.server.gui.configure_theme(dark_mode=False, show_logo=False)
-        self.view = SceneView(self.server)
-
-    @property
-    def viser_port(self) -> int | None:
-        return None if self.server is None else int(self.server.get_port())
-
-    def set_result(self, rec: Reconstruction, info: dict[str, Any], ab: bool = True,
-                   conf_percentile: float | None = None) -> None:
-        """Install a new run; the previous one becomes the (Sim(3)-aligned) ghost in A/B mode."""
-        with self.lock:
-            self.prev, self.rec, self.info = self.rec, rec, info
-            self.comparison = None
-            ghost = None
-            if ab and self.prev is not None:
-                self.comparison = compare(self.prev, rec)
-                ghost = align_reconstruction(self.prev, self.comparison.sim3)
-            self.export_dir = None
-            if self.view is not None:
-                self.view.build(rec, ghost=ghost, conf_percentile=conf_percentile)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.cancel.set()
-        if self.view is not None:
-            self.view.close()
-        if self.server is not None:
-            try:
-                self.server.stop()
-            except Exception as exc:  # noqa: BLE001 - closing a session must not fail the page
-                log.warning("stopping viser server of session %s failed: %s", self.id, exc)
-        self.rec = self.prev = None
-
-
-class SessionRegistry:
-    """Creates / tracks / stops per-session viewers; evicts the oldest beyond ``max_sessions``."""
-
-    def __init__(self, host: str = "127.0.0.1", viser_port: int = 8081, max_sessions: int = 16) -> None:
-        self.host, self.viser_port, self.max_sessions = host, viser_port, max_sessions
-        self.sessions: dict[str, SessionState] = {}
-        self._lock = threading.Lock()
-
-    def new(self) -> SessionState:
-        with self._lock:
-            while len(self.sessions) >= self.max_sessions:
-                oldest = min(self.sessions.values(), key=lambda s: s.created)
-                log.info("evicting session %s (max %d)", oldest.id, self.max_sessions)
-                self.sessions.pop(oldest.id).close()
-            sess = SessionState(self.host, self.viser_port)
-            self.sessions[sess.id] = sess
-            return sess
-
-    def drop(self, sess: SessionState | None) -> None:
-        if sess is None:
-            return
-        with self._lock:
-            self.sessions.pop(sess.id, None)
-        sess.close()
-
-    def close_all(self) -> None:
-        with self._lock:
-            sessions, self.sessions = list(self.sessions.values()), {}
-        for s in sessions:
-            s.close()

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 from vggt_mv.weights.hub import describe_weights, weights_choices
 
 from .state import (
-    EPIPOLAR, LAYOUTS, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
-    attention_diagnostics, estimate_params,
-    SessionState, UserError, demo_weights, kpt_bound, lambda_bound, parse_views, run_reconstruction,
+    EPIPOLAR, LAYOUTS, PRESETS, SAMPLE_DIR, STRATEGIES, Cancelled, RunParams, SessionRegistry,
+    attention_diagnostics, estimate_params, resolution_choices,
+    MemoryRefusal, SessionExpired, SessionState, UserError, demo_weights, kpt_bound, lambda_bound, parse_views,
+    run_reconstruction,
 )
 
 log = logging.getLogger("vggt_mv.app")
@@ -46,16 +47,20 @@ VISER_HTML = """
 </div>
 """
 
-# Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN).
+# Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN). The
+# value is "PORT SESSION": a fresh session may reuse a freed port, and its id in the URL makes the
+# iframe load anew instead of keeping the stopped server's page.
 IFRAME_JS = """
-(port) => {
-  if (!port) { return port; }
-  const url = window.location.protocol + '//' + window.location.hostname + ':' + String(port).trim() + '/';
+(value) => {
+  if (!value) { return value; }
+  const [port, sid] = String(value).trim().split(/\\s+/);
+  const url = window.location.protocol + '//' + window.location.hostname + ':' + port + '/'
+    + (sid ? '?session=' + sid : '');
   const frame = document.getElementById('viser-frame');
   if (frame && frame.getAttribute('src') !== url) { frame.setAttribute('src', url); }
   const link = document.getElementById('viser-link');
   if (link) { link.href = url; }
-  return port;
+  return value;
 }
 """
 
@@ -126,9 +131,11 @@ def share_html(sess: Any, color_by: str, conf_percentile: float | None,
     if view is not None and view.rec is sess.rec:
         opts.update(up=view.options["up"], fps=float(view.options["fps"]),
                     point_size=float(view.options["point_size"]) / max(view.scale, 1e-12))
-    out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_share_"))
     try:
+        out_dir = out_dir or sess.new_folder("html")
         res = export_html(sess.rec, out_dir / "vggt_mv_scene.html", **opts)
+    except SessionExpired:
+        return None, SessionExpired.MESSAGE
     except ValueError as exc:
         return None, f"**Export failed:** {exc}"
     except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
@@ -150,9 +157,10 @@ def metrics_rows(rec: Any) -> list[list[str]]:
     return [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in flat.items()]
 
 
-def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autorun: bool = False):
-    import gradio as gr
+EXPIRED_POLL_S = 2.0  # how often a tab asks whether its session was evicted
 
+
+def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autorun: bool = False):
     d = defaults or RunParams()
     bound = lambda_bound(d.preset) or 1.0
     theme = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
@@ -173,8 +181,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                     device = gr.Dropdown(["cpu", "cuda", "auto"], value=d.device, label="device",
                                          allow_custom_value=True)
                 with gr.Row():
-                    resolution = gr.Dropdown(list(RESOLUTIONS), value=d.resolution, label="resolution (width)",
-                                             allow_custom_value=True, elem_id="resolution")
+                    resolution = gr.Dropdown(resolution_choices(d.preset), value=d.resolution,
+                                             label="resolution (width)", elem_id="resolution")
                     window = gr.Number(d.window, label="window", precision=0, minimum=1)
                     overlap = gr.Number(d.overlap, label="overlap", precision=0, minimum=0)
                 with gr.Accordion("weights", open=bool(d.checkpoint or d.pi3 or d.config)):
@@ -269,15 +277,28 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                         export_msg = gr.Markdown("")
 
         # ------------------------------------------------------------ callbacks
-        def init_session(sess: SessionState | None):
+        def init_session(sess: SessionState | None, request: gr.Request):
+            """This tab's session (a fresh one after an eviction / on first load) and its viser port."""
             if sess is None or sess.closed:
-                sess = registry.new()
-            return sess, str(sess.viser_port)
+                sess = registry.new(request.session_hash)
+            return sess, f"{sess.viser_port} {sess.id}"
 
-        def on_preset(p: str):
+        def release_session(request: gr.Request):  # the tab closed (Gradio's heartbeat stopped)
+            registry.release(request.session_hash)
+
+        def on_tick(sess: SessionState | None):
+            """Tell an evicted tab once (its viser server is gone; the next action starts a new one)."""
+            if sess is not None and sess.evicted and not sess.told_expired:
+                sess.told_expired = True
+                return SessionExpired.MESSAGE
+            return gr.update()
+
+        def on_preset(p: str, res_v):
             b = lambda_bound(p)
             upd = gr.update(minimum=-b, maximum=b, interactive=b > 0)
-            return upd, upd, upd, upd, _initial_banner(p, None, None)
+            choices = resolution_choices(p)
+            res = gr.update(choices=choices, value=res_v if res_v in choices else max(choices))
+            return upd, upd, upd, upd, _initial_banner(p, None, None), res
 
         def do_run(sess, views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
                    fs, fe, st, lp, lg, lpt, lgt, strat, lay, cfg_v, tb, qp_v, epi_v, lk, lkp, kp_v, ab_v, conf_v,
@@ -286,6 +307,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
             keep = gr.update()
             if sess is None:
                 return ("**Not ready:** session not started yet — reload the page.",) + (keep,) * 9
+            if sess.closed:
+                return (SessionExpired.MESSAGE,) + (keep,) * 9
             sess.cancel.clear()
             try:
                 params = _params(views_text, preset_v, device_v, res_v, window_v, overlap_v, ckpt_v, pi3_v,
@@ -295,8 +318,12 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 progress(0.97, desc="uploading scene")
                 sess.params = params
                 sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
+            except MemoryRefusal as exc:  # the app stays up; the message says what would fit
+                return (f"**Not run:** {exc}",) + (keep,) * 9
             except UserError as exc:
                 return (f"**Input problem:** {exc}",) + (keep,) * 9
+            except SessionExpired:  # evicted while running: nothing was written into its stopped server
+                return (SessionExpired.MESSAGE,) + (keep,) * 9
             except Cancelled:
                 return ("**Cancelled.**",) + (keep,) * 9
             except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
@@ -372,7 +399,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 return None, "Run a reconstruction first."
             try:
                 if sess.export_dir is None or not sess.export_dir.exists():
-                    out = Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_")) / "reconstruction"
+                    out = sess.new_folder("export") / "reconstruction"
                     sess.rec.save(out, conf_percentile=float(conf_v) or None, colmap_images=False)
                     sess.export_dir = out
                 out = sess.export_dir
@@ -385,6 +412,8 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 else:
                     path = Path(shutil.make_archive(str(out.parent / "points_ply"), "zip", out / "points"))
                 return str(path), f"Saved under `{out}` (also cameras.json, COLMAP text, manifest)."
+            except SessionExpired:
+                return None, SessionExpired.MESSAGE
             except Exception as exc:  # noqa: BLE001
                 log.error("export failed:\n%s", traceback.format_exc())
                 return None, f"**Export failed:** `{type(exc).__name__}: {exc}`"
@@ -394,10 +423,12 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 return None, "Run a reconstruction first."
             from vggt_mv.export.video import record
 
-            out = Path(tempfile.mkdtemp(prefix=f"vggt_mv_{sess.id}_video_")) / f"vggt_mv_{mode}.mp4"
             try:
+                out = sess.new_folder("video") / f"vggt_mv_{mode}.mp4"
                 record(sess.rec, out, mode=mode, color_by=color, conf_percentile=float(conf_v) or None,
                        progress=lambda done, total: progress(done / max(total, 1), desc="rendering frames"))
+            except SessionExpired:
+                return None, SessionExpired.MESSAGE
             except Exception as exc:  # noqa: BLE001 - keep the app alive, show the error
                 log.error("recording failed:\n%s", traceback.format_exc())
                 return None, f"**Recording failed:** `{type(exc).__name__}: {exc}`"
@@ -410,8 +441,12 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
         load_evt = demo.load(init_session, inputs=[state], outputs=[state, port_box])
         load_evt = load_evt.then(None, inputs=[port_box], outputs=[port_box], js=IFRAME_JS)
         if autorun:
-            load_evt.then(do_run, inputs=run_inputs, outputs=run_outputs)
-        preset.change(on_preset, inputs=[preset], outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner])
+            load_evt.then(lambda: "Running the scene in the box…", outputs=[status]).then(
+                do_run, inputs=run_inputs, outputs=run_outputs)
+        demo.unload(release_session)
+        gr.Timer(EXPIRED_POLL_S).tick(on_tick, inputs=[state], outputs=[status], show_progress="hidden")
+        preset.change(on_preset, inputs=[preset, resolution],
+                      outputs=[lam_pose, lam_geo, lam_pose_t, lam_geo_t, banner, resolution])
 
         def on_strategy(strat: str, p: str):  # λ_kpt acts on the sparse layers only
             b = kpt_bound(p)
@@ -426,7 +461,9 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
 
         checkpoint.change(on_weights, inputs=[checkpoint, pi3], outputs=weights_info, show_progress="hidden")
         pi3.change(on_weights, inputs=[checkpoint, pi3], outputs=weights_info, show_progress="hidden")
-        run_btn.click(do_estimate, inputs=run_inputs, outputs=[status]).then(
+        run_btn.click(init_session, inputs=[state], outputs=[state, port_box]).then(  # fresh after an eviction
+            None, inputs=[port_box], outputs=[port_box], js=IFRAME_JS).then(
+            do_estimate, inputs=run_inputs, outputs=[status]).then(
             do_run, inputs=run_inputs, outputs=run_outputs, concurrency_limit=None)
         diag_btn.click(do_diag, inputs=run_inputs, outputs=[diag_table, status])
         cancel_btn.click(do_cancel, inputs=[state], outputs=[status], queue=False)

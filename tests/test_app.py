@@ -189,6 +189,92 @@ def test_sessions_are_isolated(rec):
         reg.close_all()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_release_frees_port_results_and_folder(rec):
+    """A tab's session (keyed by Gradio's session_hash) owns a viser port and a folder under the app
+    root; releasing it (tab closed) frees both, eviction marks the evicted one, exit removes the root."""
+    from vggt_mv_app.state import SessionExpired
+
+    reg = SessionRegistry(viser_port=0, max_sessions=2)
+    try:
+        a = reg.new("hash-a")
+        a.set_result(rec, {})
+        export = a.new_folder("export")
+        (export / "x.npz").write_bytes(b"0" * 100)
+        port = a.viser_port
+        assert reg.get("hash-a") is a and export.parent == a.folder and a.folder.parent == reg.sessions_dir
+        assert not _port_free(port)
+        reg.release("hash-a")
+        assert a.closed and reg.get("hash-a") is None and a.rec is None and a.view is None
+        assert _port_free(port) and not a.folder.exists()
+        with pytest.raises(SessionExpired):  # nothing is written into a stopped server
+            a.set_result(rec, {})
+        with pytest.raises(SessionExpired):
+            a.new_folder("video")
+        reg.release("never-opened")  # a tab without a session: no-op
+        b, c = reg.new("hash-b"), reg.new("hash-c")
+        d = reg.new("hash-d")  # evicts the oldest (b), visibly
+        assert b.closed and b.evicted and not c.evicted and not b.folder.exists()
+        assert sorted(reg.sessions) == ["hash-c", "hash-d"]
+        fresh = reg.new("hash-b")  # the evicted tab's next action: a fresh session (evicts c)
+        assert fresh is not b and not fresh.closed and c.evicted and d.id in {s.id for s in reg.sessions.values()}
+        root = reg.root
+    finally:
+        reg.close_all()
+    assert not root.exists() and all(s.closed for s in (a, b, c, d, fresh))
+
+
+def test_sigterm_releases_everything(tmp_path):
+    """At SIGTERM every session is closed and the app root removed (exit status 143)."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from vggt_mv_app.main import release_at_exit\n"
+            "from vggt_mv_app.state import SessionRegistry\n"
+            "reg = SessionRegistry(viser_port=0)\n"
+            "release_at_exit(reg)\n"
+            "s = reg.new('h')\n"
+            "print('SESSION', reg.root, s.viser_port, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    line = ""
+    while not line.startswith("SESSION"):  # viser prints its own banner first
+        line = proc.stdout.readline()
+        assert line, "the child exited early"
+    root, port = line.split()[1:]
+    assert Path(root, "sessions").is_dir() and not _port_free(int(port))
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143
+    assert not Path(root).exists() and _port_free(int(port))
+
+
+def test_resolution_choices_and_memory_refusal(monkeypatch):
+    from vggt_mv_app.state import MemoryRefusal, estimate_params, memory_problem, resolution_choices
+
+    assert resolution_choices("tiny") == [56, 112, 168, 224, 280, 336, 392, 518]
+    with pytest.raises(UserError, match="above the largest offered"):
+        run_reconstruction(RunParams(resolution=14000))
+    params = RunParams(resolution=518)
+    assert "GiB of RAM" in estimate_params(params)
+    monkeypatch.setenv("VGGT_MV_MEMORY_CAP", "300M")
+    problem = memory_problem(params)
+    assert problem and "largest that would fit: resolution" in problem, problem
+    with pytest.raises(MemoryRefusal, match="largest that would fit"):
+        run_reconstruction(params)
+    monkeypatch.setenv("VGGT_MV_MEMORY_CAP", "64G")
+    assert memory_problem(params) is None
+
+
 def test_parse_views_errors_name_the_path(tmp_path):
     with pytest.raises(UserError, match="nope/cam0"):
         parse_views("nope/cam0\n")
@@ -239,7 +325,7 @@ def test_free_port_skips_used_port():
 def test_cli_defaults():
     args = build_parser().parse_args([])
     d = defaults_from_args(args)
-    assert args.host == "127.0.0.1" and d.preset == "tiny" and Path(d.views[0]) == SAMPLE_DIR
+    assert args.host == "127.0.0.1" and d.preset == "tiny" and Path(d.views[0]).resolve() == SAMPLE_DIR
     args = build_parser().parse_args(["--views", "a", "b", "--preset", "vggt_mv", "--port", "9000"])
     assert defaults_from_args(args).views == ["a", "b"] and args.port == 9000
 
@@ -285,3 +371,14 @@ def test_offline_html_button_keeps_the_viewers_look(session, rec, tmp_path):
     assert np.allclose(rot[-1]["wxyz"], ROOT_WXYZ["+z"])
     sizes = {m["props"]["point_size"] for _, m in by_type(recording, "PointCloudMessage")}
     assert sizes and all(s == pytest.approx(0.02 * session.view.scale, rel=1e-5) for s in sizes)
+
+
+@pytest.mark.parametrize("extra, needle", [(["--resolution", "14000"], "--resolution 14000 is not offered"),
+                                          (["--max-sessions", "0"], "--max-sessions must be >= 1")])
+def test_app_bad_options_are_one_line(extra, needle, capsys):
+    from vggt_mv_app.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "0", *extra])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and "Traceback" not in err

@@ -26,6 +26,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,10 +59,12 @@ _VISER_ROW = """([label, sel]) => { const l = Array.from(document.querySelectorA
 
 
 @contextlib.contextmanager
-def running_app(*args: str):
-    """``vggt-mv-app *args`` in a subprocess; yields ``(url, viser_port)`` once it serves; stopped after."""
+def running_app(*args: str, env: dict | None = None, info: dict | None = None):
+    """``vggt-mv-app *args`` in a subprocess; yields ``(url, viser_port)`` once it serves; stopped
+    (SIGTERM) after. ``env``: extra environment; ``info`` gets ``root`` (the app's temp root),
+    ``proc`` and, once stopped, ``returncode``."""
     port, vport = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vggt_mv_app.main", "--port", str(port), "--viser-port", str(vport), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
@@ -74,17 +77,28 @@ def running_app(*args: str):
         m = re.search(r"vggt-mv-app: open (http://\S+)", line)
         if m:
             url = m.group(1)
+            root = re.search(r"session files under (\S+)\)", line)
+            if info is not None:
+                info.update(root=Path(root.group(1)) if root else None, proc=proc)
             break
+    if url is not None:  # keep draining the log so the app never blocks on a full pipe
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        if info is not None:
+            info["log"] = lines
     try:
         if url is None:
             pytest.fail("app did not start:\n" + "".join(lines[-40:]))
         yield url, vport
     finally:
         proc.terminate()
+        t_stop = time.time()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        if info is not None:
+            info.update(returncode=proc.returncode, stop_s=time.time() - t_stop)
 
 
 def _free_port() -> int:
@@ -100,7 +114,7 @@ def app_url():
     pytest.importorskip("playwright.sync_api")
     if not (REPO / "assets" / "sample").is_dir():
         pytest.skip("bundled sample not present")
-    with running_app("--resolution", "112", "--window", "10", "--overlap", "0") as (url, vport):
+    with running_app("--resolution", "112", "--window", "10", "--overlap", "0", "--no-autorun") as (url, vport):
         yield url, vport
 
 

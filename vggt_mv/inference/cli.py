@@ -105,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf-percentile", type=float, default=None, help="drop points below this confidence "
                    "percentile in the PLY/GLB exports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-memory-check", action="store_true", help="run even when the memory estimate says the "
+                   "run will not fit in free RAM / GPU memory (the check runs before weights load)")
     p.set_defaults(func=run_reconstruct)
 
 
@@ -167,6 +169,24 @@ def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
 
         return Reconstruction.load(args.epipolar_from)
     return None
+
+
+def _check_memory(args: argparse.Namespace, cfg, source, masks, frames, device) -> None:
+    """Refuse (ValueError naming the fix) a run the estimate says will not fit in memory."""
+    from vggt_mv.data.preprocess import default_resolution
+    from vggt_mv.inference.estimate import RunShape, check_memory, scene_shape
+
+    if args.no_memory_check:
+        return
+    resolution = args.resolution or default_resolution(device.type)
+    t, v, h, w, gt = scene_shape(source, resolution=resolution, mode=args.mode, frame_range=frames,
+                                 stride=args.stride, masks=masks)
+    choices = list(range(14, resolution, 14))
+    problem = check_memory(cfg, RunShape(t, v, h, w, args.window, args.overlap), device=str(device),
+                           resolutions=choices, gt=gt, layout=args.layout or cfg.layout, streamed=True)
+    if problem:
+        raise ValueError(f"{problem}; pass those options (--resolution / --window / --frames), or "
+                         "--no-memory-check to run anyway")
 
 
 def _build_config(args: argparse.Namespace, checkpoint=None):
@@ -273,6 +293,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from_file = args.checkpoint and not (args.config or args.preset or implied_preset(args.checkpoint, args.pi3))
     cfg = None if from_file else _build_config(args)
     previous = None if cfg is None else _check_priors(args, args.layout or cfg.layout, num_v)
+    if cfg is not None:
+        _check_memory(args, cfg, source, masks, frames, device)
     # under torchrun: every rank checked the same things above; now join the group (rank 0 alone downloads)
     env = distributed.init_from_env(args.device)
     if env.distributed:
@@ -282,6 +304,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if cfg is None:
         cfg = _build_config(args, checkpoint)
         previous = _check_priors(args, args.layout or cfg.layout, num_v)
+        _check_memory(args, cfg, source, masks, frames, device)
     layout = args.layout or cfg.layout
     t0 = time.perf_counter()
     try:

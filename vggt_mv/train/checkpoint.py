@@ -59,8 +59,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             meta = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ValueError(f"--resume: {path} cannot be read as a vggt-mv training checkpoint "
-                         f"({first}); start a new run with another --out") from None
+        raise ValueError(f"--resume: {path} cannot be read as a vggt-mv training checkpoint with "
+                         f"weights_only=True ({first}); start a new run with another --out") from None
     if not isinstance(meta, dict) or not {"step", "train_config", "model_config"} <= set(meta):
         raise ValueError(f"--resume: {path} is not a vggt-mv training checkpoint (missing keys); "
                          "start a new run with another --out")
