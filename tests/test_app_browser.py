@@ -41,6 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Thresholds on the canvas (fractions of its pixels); the test prints the measured values.
 MIN_SCENE = 0.03        # non-background after the run (frustums + points); measured ~0.14
+# tall enough for the whole page: headless Chromium throttles an iframe scrolled out of view (clicking
+# Run at the bottom of the controls scrolls the page), and the viser client then applies no updates
+VIEWPORT = {"width": 1500, "height": 2000}
 MIN_POINTS = 0.001      # non-background with cameras hidden, max point size; measured 0.006-0.03
 MIN_POINT_STD = 8.0     # colour std (0-255) over those pixels; measured ~33
 MIN_GHOST = 0.001       # pixels that change when the A/B ghost is toggled after the λ re-run
@@ -199,7 +202,7 @@ def test_run_sample_and_two_tabs(app_url, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+            ctx = browser.new_context(viewport=VIEWPORT)
             page = ctx.new_page()
             page.goto(url)
             page.wait_for_selector("#run-btn", timeout=30_000)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app_browser import ARGS, CHROMIUM, MIN_SCENE, REPO, Canvas, _nonbg, running_app
+from test_app_browser import ARGS, CHROMIUM, MIN_SCENE, REPO, VIEWPORT, Canvas, _nonbg, running_app
 
 pytestmark = pytest.mark.browser
 
@@ -53,7 +53,7 @@ def chromium():
 def open_tab(browser, url: str):
     """A new tab (its own browser context: its own Gradio session) once its viser iframe is set;
     returns ``(page, viser_port)``."""
-    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    page = browser.new_context(viewport=VIEWPORT).new_page()
     page.goto(url)
     page.wait_for_function(SRC_JS, timeout=60_000)
     return page, int(re.search(r":(\d+)/", page.evaluate(SRC_JS)).group(1))
@@ -110,7 +110,7 @@ def test_closed_tabs_release_ports_and_folders(tmp_path):
         page.get_by_role("tab", name="Export").click()
         page.get_by_role("button", name="NPZ").click()
         page.wait_for_function("() => /Saved under/.test(document.body.innerText)", timeout=60_000)
-        npz = list((root / "sessions").glob("*/export_*/reconstruction/reconstruction.npz"))
+        npz = list((root / "sessions").glob("*/export_*/reconstruction.npz"))
         assert len(npz) == 1 and npz[0].stat().st_size > 10_000, npz
         link = page.locator("a[download]").first.get_attribute("href")
         assert link and "reconstruction.npz" in link, link  # the download link serves the session's file

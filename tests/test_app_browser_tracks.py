@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_app_browser import ARGS, CHROMIUM, REPO, running_app
+from test_app_browser import ARGS, CHROMIUM, REPO, VIEWPORT, running_app
 
 pytestmark = pytest.mark.browser
 QUERIES = np.array([[20.0, 30.0], [56.0, 42.0], [90.0, 60.0]], np.float32)
@@ -42,7 +42,7 @@ def test_tracks_are_drawn_in_the_page(app_url, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+            page = browser.new_context(viewport=VIEWPORT).new_page()
             page.goto(app_url)
             # --scene: the run starts when the page opens
             page.wait_for_function(
