@@ -372,7 +372,8 @@ class Trainer:
                     row.update(step=self.step, lr=rec["lr"], sec_per_step=(now - t0) / max(1, self.step - n0))
                     if cfg.val_every and (self.step % cfg.val_every == 0 or last):
                         row.update(self.validate())
-                        bar.write(" ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("val_")))
+                        if self.is_main:
+                            bar.write(" ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("val_")))
                     self.history.append(row)
                     self.log.append({"kind": "step", **row})
                     acc, n_acc, t_log, n_images = {}, 0, time.perf_counter(), 0
