@@ -9,11 +9,11 @@ Rank 1, passed to attention as a ``LowRankBias`` concatenated with the mask bias
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from vggt_mv.config import SparseConfig
 from vggt_mv.layers import LowRankBias
+from vggt_mv.model.mask_bias import BoundedLambdas
 
 KPT_LAMBDA_NAMES = ("lambda_kpt", "lambda_kpt_pose")
 
@@ -25,7 +25,7 @@ def keypoint_patch_map(keypoints: torch.Tensor, patch: int) -> torch.Tensor:
     return pooled.reshape(b, t, v, h // patch, w // patch)
 
 
-class KeypointBiasControl(nn.Module):
+class KeypointBiasControl(BoundedLambdas):
     """Holds ``lambda_kpt`` / ``lambda_kpt_pose`` (bounded to +-``lambda_kpt_bound``).
 
     Learnable (``nn.Parameter``, state keys ``aggregator.keypoint_bias.*``) when
@@ -33,39 +33,14 @@ class KeypointBiasControl(nn.Module):
     the released checkpoints' key sets.
     """
 
+    NAMES = KPT_LAMBDA_NAMES
+    KIND = "keypoint lambda"
+
     def __init__(self, cfg: SparseConfig):
         super().__init__()
         self.bound = float(cfg.lambda_kpt_bound)
         for name in KPT_LAMBDA_NAMES:
-            t = torch.tensor(float(getattr(cfg, name)))
-            if cfg.learnable_kpt_lambdas:
-                setattr(self, name, nn.Parameter(t))
-            else:
-                self.register_buffer(name, t, persistent=False)
-
-    def value(self, name: str) -> torch.Tensor:
-        return getattr(self, name).clamp(-self.bound, self.bound)
-
-    def is_active(self, name: str) -> bool:
-        """False when the lambda is 0 and cannot receive a gradient (the bias is then skipped exactly)."""
-        t = getattr(self, name)
-        return bool(t.requires_grad and torch.is_grad_enabled()) or bool(t.detach().ne(0).item())
-
-    def set(self, **values: float | None) -> None:
-        for name, v in values.items():
-            if name not in KPT_LAMBDA_NAMES:
-                raise ValueError(f"unknown keypoint lambda {name!r}; expected one of {KPT_LAMBDA_NAMES}")
-        for name, v in values.items():
-            if v is not None and not -self.bound <= float(v) <= self.bound:
-                raise ValueError(f"{name}={v} is outside the preset's bound +-{self.bound:g}; "
-                                 f"choose a value in [-{self.bound:g}, {self.bound:g}]")
-        with torch.no_grad():
-            for name, v in values.items():
-                if v is not None:
-                    getattr(self, name).fill_(float(v))
-
-    def as_dict(self) -> dict[str, float]:
-        return {n: float(getattr(self, n).detach()) for n in KPT_LAMBDA_NAMES}
+            self._add(name, float(getattr(cfg, name)), cfg.learnable_kpt_lambdas)
 
     def row_weight(self, stream: str, n_tok: int, n_special: int, ref: torch.Tensor) -> torch.Tensor | None:
         """r_i per token of one image ``[n_tok]`` for ``stream`` (main/pose/geo), or None when inactive."""

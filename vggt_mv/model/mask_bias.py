@@ -17,23 +17,12 @@ from vggt_mv.model.mask_head import FusionGate
 LAMBDA_NAMES = ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t")
 
 
-class MaskBiasControl(nn.Module):
-    """Holds the four lambdas (bounded to +-``lambda_bound``) and the external-mask fusion gains (or gate).
+class BoundedLambdas(nn.Module):
+    """Named scalars bounded to +-``bound`` (the λs of an attention bias): ``nn.Parameter`` when
+    learnable, else non-persistent buffers (so fixed presets keep the released key sets)."""
 
-    Learnable (``nn.Parameter``, new state_dict keys) when the config asks for it; otherwise
-    non-persistent buffers, so the PAGE/VGGT presets keep the released checkpoints' exact key sets.
-    """
-
-    def __init__(self, cfg: MaskConfig):
-        super().__init__()
-        self.bound = float(cfg.lambda_bound)
-        for name in LAMBDA_NAMES:
-            self._add(name, float(getattr(cfg, name)), cfg.learnable_lambdas)
-        scalar = cfg.fusion == "scalar"
-        self._add("feature_gain", 1.0, cfg.learnable_fusion and scalar)
-        self._add("external_gain", 1.0, cfg.learnable_fusion and scalar)
-        # fusion = "gate": a 1x1 MLP replaces the two gains (new keys aggregator.mask_bias.gate.*)
-        self.gate = None if scalar else FusionGate(cfg.gate_hidden)
+    NAMES: tuple[str, ...] = ()
+    KIND = "lambda"
 
     def _add(self, name: str, value: float, learnable: bool) -> None:
         t = torch.tensor(value)
@@ -51,21 +40,41 @@ class MaskBiasControl(nn.Module):
         return bool(t.requires_grad and torch.is_grad_enabled()) or bool(t.detach().ne(0).item())
 
     def set(self, **values: float | None) -> None:
+        """Set some of ``NAMES`` (None = keep); all are checked before any is changed."""
         for name, v in values.items():
-            if name not in LAMBDA_NAMES:
-                raise ValueError(f"unknown lambda {name!r}; expected one of {LAMBDA_NAMES}")
-            if v is None:
-                continue
-            if not -self.bound <= float(v) <= self.bound:
-                raise ValueError(
-                    f"{name}={v} is outside the preset's bound +-{self.bound:g}; "
-                    f"choose a value in [-{self.bound:g}, {self.bound:g}]"
-                )
-            with torch.no_grad():
-                getattr(self, name).fill_(float(v))
+            if name not in self.NAMES:
+                raise ValueError(f"unknown {self.KIND} {name!r}; expected one of {self.NAMES}")
+            if v is not None and not -self.bound <= float(v) <= self.bound:
+                raise ValueError(f"{name}={v} is outside the preset's bound +-{self.bound:g}; "
+                                 f"choose a value in [-{self.bound:g}, {self.bound:g}]")
+        with torch.no_grad():
+            for name, v in values.items():
+                if v is not None:
+                    getattr(self, name).fill_(float(v))
 
     def as_dict(self) -> dict[str, float]:
-        return {n: float(getattr(self, n).detach()) for n in LAMBDA_NAMES}
+        return {n: float(getattr(self, n).detach()) for n in self.NAMES}
+
+
+class MaskBiasControl(BoundedLambdas):
+    """Holds the four lambdas (bounded to +-``lambda_bound``) and the external-mask fusion gains (or gate).
+
+    Learnable (``nn.Parameter``, new state_dict keys) when the config asks for it; otherwise
+    non-persistent buffers, so the PAGE/VGGT presets keep the released checkpoints' exact key sets.
+    """
+
+    NAMES = LAMBDA_NAMES
+
+    def __init__(self, cfg: MaskConfig):
+        super().__init__()
+        self.bound = float(cfg.lambda_bound)
+        for name in LAMBDA_NAMES:
+            self._add(name, float(getattr(cfg, name)), cfg.learnable_lambdas)
+        scalar = cfg.fusion == "scalar"
+        self._add("feature_gain", 1.0, cfg.learnable_fusion and scalar)
+        self._add("external_gain", 1.0, cfg.learnable_fusion and scalar)
+        # fusion = "gate": a 1x1 MLP replaces the two gains (new keys aggregator.mask_bias.gate.*)
+        self.gate = None if scalar else FusionGate(cfg.gate_hidden)
 
 
 def mask_bias(
