@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sections", default="abc", help="which tables: a (recipes), b (checkpointing), c (DDP)")
     args = p.parse_args()
     if args.one:
         result = one(json.loads(args.one))
@@ -132,11 +133,13 @@ def main() -> None:
                 steps=2 if args.quick else args.steps)
     print(f"input [B=1, T={size[0]}, V={size[1]}, 3, {size[2]}, {size[3]}], mid-size model (depth 8, width 256), "
           f"{args.device}, {args.threads} threads, precision {args.precision}")
-    rows = {r: run_variant({**base, "recipe": r}) for r in ("all", "stage1", "page4d", "heads")}
-    table("(a) training recipes (what trains): cost of one step", rows, "all")
-    rows = {"checkpointing off": run_variant(base), "checkpointing on": run_variant({**base, "checkpointing": True})}
-    table("(b) activation checkpointing of the aggregator blocks", rows, "checkpointing off")
-    if args.device == "cpu":
+    if "a" in args.sections:
+        rows = {r: run_variant({**base, "recipe": r}) for r in ("all", "stage1", "page4d", "heads")}
+        table("(a) training recipes (what trains): cost of one step", rows, "all")
+    if "b" in args.sections:
+        rows = {"checkpointing off": run_variant(base), "checkpointing on": run_variant({**base, "checkpointing": True})}
+        table("(b) activation checkpointing of the aggregator blocks", rows, "checkpointing off")
+    if "c" in args.sections and args.device == "cpu":
         one_proc = run_variant({**base, "batch": 2})
         two = run_variant({**base, "batch": 1, "threads": max(1, args.threads // 2), "strategy": "ddp"}, world=2)
         table("(c) DDP over gloo: same global batch of 2 clips", {
