@@ -13,6 +13,7 @@ A tab's viser server, results and files are released when the tab closes and at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import atexit
 import inspect
 import logging
@@ -117,10 +118,9 @@ def release_at_exit(registry: SessionRegistry) -> None:
             previous(signum, frame)
         raise SystemExit(128 + signum)
 
-    try:
+    # signal handlers can only be set from the main thread (a notebook thread gets the atexit hook only)
+    with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread (e.g. launched from a notebook thread): atexit only
-        pass
 
 
 def launch(args: argparse.Namespace, block: bool = True) -> tuple[Any, SessionRegistry, str]:

@@ -189,7 +189,8 @@ def test_sessions_are_isolated(rec):
         reg.close_all()
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """True when a server could listen on ``port`` again (SO_REUSEADDR, as servers bind)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -212,10 +213,10 @@ def test_release_frees_port_results_and_folder(rec):
         (export / "x.npz").write_bytes(b"0" * 100)
         port = a.viser_port
         assert reg.get("hash-a") is a and export.parent == a.folder and a.folder.parent == reg.sessions_dir
-        assert not _port_free(port)
+        assert not port_free(port)
         reg.release("hash-a")
         assert a.closed and reg.get("hash-a") is None and a.rec is None and a.view is None
-        assert _port_free(port) and not a.folder.exists()
+        assert port_free(port) and not a.folder.exists()
         with pytest.raises(SessionExpired):  # nothing is written into a stopped server
             a.set_result(rec, {})
         with pytest.raises(SessionExpired):
@@ -252,10 +253,10 @@ def test_sigterm_releases_everything(tmp_path):
         line = proc.stdout.readline()
         assert line, "the child exited early"
     root, port = line.split()[1:]
-    assert Path(root, "sessions").is_dir() and not _port_free(int(port))
+    assert Path(root, "sessions").is_dir() and not port_free(int(port))
     proc.terminate()
     assert proc.wait(timeout=30) == 143
-    assert not Path(root).exists() and _port_free(int(port))
+    assert not Path(root).exists() and port_free(int(port))
 
 
 def test_resolution_choices_and_memory_refusal(monkeypatch):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from test_app import port_free
 from test_app_browser import ARGS, CHROMIUM, MIN_SCENE, REPO, VIEWPORT, Canvas, _nonbg, running_app
 
 pytestmark = pytest.mark.browser
@@ -57,17 +57,6 @@ def open_tab(browser, url: str):
     page.goto(url)
     page.wait_for_function(SRC_JS, timeout=60_000)
     return page, int(re.search(r":(\d+)/", page.evaluate(SRC_JS)).group(1))
-
-
-def port_free(port: int) -> bool:
-    """True when a server could listen on ``port`` again (SO_REUSEADDR, as servers bind)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def wait_until(cond, timeout: float) -> float:

@@ -121,13 +121,18 @@ def _frame_indices(scene: Any) -> list[int]:
     return list(idx) if idx is not None else list(range(scene.T))
 
 
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """``np.load`` without pickles; a file that does not load is a one-line error naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--keypoints {path}: cannot read {what} ({e})") from None
+
+
 def _heat(path: Path, plan: PreprocessPlan) -> np.ndarray:
     """One keypoint file (heat-map image or ``.npy`` point list) -> ``[H, W]`` map in [0,1]."""
     if path.suffix.lower() == ".npy":
-        try:
-            pts = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--keypoints {path}: cannot read a .npy point list ({e})") from None
+        pts = _load_npy(path, "a .npy point list")
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"--keypoints {path}: expected an [N,2] array of (x, y) native pixels, got shape "
                              f"{pts.shape}")
@@ -164,10 +169,7 @@ def _tracks(moseg: Path, view_name: str) -> tuple[Path, np.ndarray]:
     if not path.is_file():
         raise ValueError(f"--keypoints: {path} is missing (SegAnyMo tracks of camera {view_name!r}); every camera "
                          "needs moseg/view_N/dynamic_traj.npy")
-    try:
-        tr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--keypoints {path}: cannot read the tracks ({e})") from None
+    tr = _load_npy(path, "the tracks")
     if tr.ndim != 3 or tr.shape[0] != 2:
         raise ValueError(f"--keypoints {path}: expected SegAnyMo tracks [2, N, T] (x/y, points, frames), got "
                          f"shape {tr.shape}")

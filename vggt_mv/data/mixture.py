@@ -57,6 +57,14 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
 
 
+def _training_seed(rng: np.random.Generator) -> int:
+    """A procedural-scene seed that is neither the sample's nor a validation scene's."""
+    seed = int(rng.integers(1_000, 2**31 - 1))
+    while seed in _EXCLUDED:
+        seed = int(rng.integers(1_000, 2**31 - 1))
+    return seed
+
+
 def _check_trainable(src: DataSource) -> None:
     for s in src.sequences:
         if not (s.has_depth and s.has_cameras):
@@ -135,8 +143,7 @@ class MixtureData:
                 seed = synthetic_seeds[int(rng.integers(len(synthetic_seeds)))]
                 cfg = SyntheticSceneConfig(T=T, V=V, H=H, W=W)
             else:
-                while (seed := int(rng.integers(1_000, 2**31 - 1))) in _EXCLUDED:
-                    pass
+                seed = _training_seed(rng)
                 cfg = SyntheticSceneConfig(
                     T=T, V=V, H=H, W=W, fov_deg=float(rng.uniform(50.0, 70.0)),
                     n_moving=int(rng.integers(1, 4)), n_static_boxes=int(rng.integers(1, 4)),

@@ -17,6 +17,7 @@ measured peak RSS.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -203,12 +204,10 @@ def host_budget() -> tuple[int, str]:
     """``(bytes, source)``: host memory this process may still take: ``min(MemAvailable, cgroup
     memory.max - memory.current, VGGT_MV_MEMORY_CAP)``."""
     found: list[tuple[int, str]] = []
-    try:
+    with contextlib.suppress(OSError):  # no /proc (not Linux): the other bounds only
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 found.append((int(line.split()[1]) * 1024, "MemAvailable"))
-    except OSError:
-        pass
     cg = Path("/sys/fs/cgroup")
     for limit_f, usage_f, name in (("memory.max", "memory.current", "cgroup memory.max"),
                                    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "cgroup limit")):
