@@ -71,21 +71,12 @@ def save_reconstruction(
     rec: "Reconstruction",
     out_dir: str | os.PathLike,
     *,
-    source: Literal["depth", "points"] = "depth",
-    conf_percentile: float | None = None,
-    conf_threshold: float | None = None,
-    max_points_per_timestep: int | None = None,
-    color_by: Literal["image", "mask"] = "image",
-    ply: bool = True,
-    glb: bool = True,
-    colmap: bool = True,
-    colmap_images: bool = True,
-    colmap_max_points: int = 100_000,
-    colmap_conf_percentile: float = 50.0,
     overwrite: bool = True,
     inputs: Sequence[str | os.PathLike | None] = (),
+    **options: Any,
 ) -> Path:
-    """Write ``rec`` to ``out_dir`` atomically (temp sibling folder + ``os.replace``).
+    """Write ``rec`` to ``out_dir`` atomically (temp sibling folder + ``os.replace``); ``options`` are
+    :func:`write_reconstruction`'s (source, confidence filters, ply / glb / colmap switches).
 
     Point exports (PLY / GLB) use ``source`` and the confidence filters of
     ``Reconstruction.points``; ``max_points_per_timestep`` randomly subsamples (seeded).
@@ -100,10 +91,7 @@ def save_reconstruction(
     if not overwrite and out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists (overwrite=False)")
     with output_dir(out_dir, inputs=inputs, is_ours=is_result_dir) as tmp:
-        write_reconstruction(rec, tmp, source=source, conf_percentile=conf_percentile, conf_threshold=conf_threshold,
-                             max_points_per_timestep=max_points_per_timestep, color_by=color_by, ply=ply, glb=glb,
-                             colmap=colmap, colmap_images=colmap_images, colmap_max_points=colmap_max_points,
-                             colmap_conf_percentile=colmap_conf_percentile)
+        write_reconstruction(rec, tmp, **options)
     return out_dir
 
 
