@@ -81,18 +81,25 @@ class SceneView:
         return 0 if self.rec is None else self.rec.num_timesteps
 
     def build(self, rec: Reconstruction, ghost: Reconstruction | None = None,
-              conf_percentile: float | None = None) -> None:
-        """Upload ``rec`` (and the aligned previous run ``ghost``) as one node per timestep."""
+              conf_percentile: float | None = None, keep_frame: bool = False) -> None:
+        """Upload ``rec`` (and the aligned previous run ``ghost``) as one node per timestep.
+
+        keep_frame: keep the shown run's centre, scale, point size and initial camera (a re-run of
+        the same input with other settings): the scene is not re-centred, so only what the new
+        settings changed moves on screen.
+        """
         with self._lock:
+            keep_frame = keep_frame and self.rec is not None
             self.clear()
             self.rec, self.ghost = rec, ghost
             if conf_percentile is not None:
                 self.options["conf_percentile"] = float(conf_percentile)
             if self.options["views"] is None or len(self.options["views"]) != rec.num_views:
                 self.options["views"] = [True] * rec.num_views
-            self.center = rec.scene_center().astype(np.float64)
-            self.scale = float(rec.scene_scale())
-            self.options["point_size"] = 0.004 * self.scale
+            if not keep_frame:
+                self.center = rec.scene_center().astype(np.float64)
+                self.scale = float(rec.scene_scale())
+                self.options["point_size"] = 0.004 * self.scale
             self.options["t"] = min(self.options["t"], rec.num_timesteps - 1)
             for t in range(rec.num_timesteps):
                 self.nodes[f"t{t}"] = self.scene.add_frame(
@@ -105,7 +112,8 @@ class SceneView:
             self._add_gt()
             self._add_ghost()
             self._add_tracks()
-            self._set_initial_camera()
+            if not keep_frame:
+                self._set_initial_camera()
             self._build_gui()
 
     def clear(self) -> None:

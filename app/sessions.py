@@ -71,6 +71,7 @@ class SessionState:
         self.comparison: Comparison | None = None
         self.info: dict[str, Any] = {}
         self.params: RunParams | None = None
+        self.runs = 0  # finished runs of this tab (the status names the run, so a same-settings re-run shows)
         self.cancel = CancelToken()
         self.export_dir: Path | None = None
         self.lock = threading.Lock()
@@ -94,13 +95,15 @@ class SessionState:
         return None if self.server is None else int(self.server.get_port())
 
     def set_result(self, rec: Reconstruction, info: dict[str, Any], ab: bool = True,
-                   conf_percentile: float | None = None) -> None:
+                   conf_percentile: float | None = None, keep_frame: bool = False) -> None:
         """Install a new run; the previous one becomes the (Sim(3)-aligned) ghost in A/B mode.
+        ``keep_frame``: the viewer keeps the previous run's frame (``SceneView.build``).
         Raises ``SessionExpired`` if the session was closed (its viser server is stopped)."""
         with self.lock:
             if self.closed:
                 raise SessionExpired(f"session {self.id} was closed")
             self.prev, self.rec, self.info = self.rec, rec, info
+            self.runs += 1
             self.comparison = None
             ghost = None
             if ab and self.prev is not None:
@@ -108,7 +111,7 @@ class SessionState:
                 ghost = align_reconstruction(self.prev, self.comparison.sim3)
             self.export_dir = None
             if self.view is not None:
-                self.view.build(rec, ghost=ghost, conf_percentile=conf_percentile)
+                self.view.build(rec, ghost=ghost, conf_percentile=conf_percentile, keep_frame=keep_frame)
 
     def new_folder(self, kind: str) -> Path:
         """A fresh folder for one export under this session's folder (a temp dir without one)."""

@@ -77,6 +77,13 @@ class RunParams:
     lambda_kpt_pose: float = 0.0     # ... and pose rows
     keypoints: str = "none"          # none | sift[:K] | a server-side SegAnyMo / keypoint folder
 
+    def same_input(self, other: "RunParams | None") -> bool:
+        """The same frames through the same weights: only settings (λ, sparse, keypoints, windows, ...)
+        differ, so the viewer keeps its frame and the change shows as motion of the geometry."""
+        keys = ("views", "resolution", "frame_start", "frame_stop", "stride", "preset", "checkpoint", "pi3",
+                "config", "allow_partial")
+        return other is not None and all(getattr(self, k) == getattr(other, k) for k in keys)
+
 
 def parse_views(text: str) -> list[str]:
     """One camera (folder or video) per line, or a single scene root. Validates existence."""

@@ -49,13 +49,18 @@ VISER_HTML = """
 
 # Builds the iframe URL from the browser's own host name (works through SSH tunnels / LAN). The
 # value is "PORT SESSION": a fresh session may reuse a freed port, and its id in the URL makes the
-# iframe load anew instead of keeping the stopped server's page.
+# iframe load anew instead of keeping the stopped server's page. The page's own query parameters
+# go to the viewer too, so viser's URL options work from the app's address (e.g. ?darkMode,
+# ?showStats, ?fixedDpr=1 for a fixed render resolution instead of the adaptive one).
 IFRAME_JS = """
 (value) => {
   if (!value) { return value; }
   const [port, sid] = String(value).trim().split(/\\s+/);
+  const params = new URLSearchParams(window.location.search);
+  if (sid) { params.set('session', sid); } else { params.delete('session'); }
+  const query = params.toString();
   const url = window.location.protocol + '//' + window.location.hostname + ':' + port + '/'
-    + (sid ? '?session=' + sid : '');
+    + (query ? '?' + query : '');
   const frame = document.getElementById('viser-frame');
   if (frame && frame.getAttribute('src') !== url) { frame.setAttribute('src', url); }
   const link = document.getElementById('viser-link');
@@ -316,8 +321,9 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 rec, info = run_reconstruction(params, lambda f, m: progress(f, desc=m), sess.cancel,
                                                previous=sess.rec)
                 progress(0.97, desc="uploading scene")
+                same_input = params.same_input(sess.params)
                 sess.params = params
-                sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v)
+                sess.set_result(rec, info, ab=bool(ab_v), conf_percentile=conf_v, keep_frame=same_input)
             except MemoryRefusal as exc:  # the app stays up; the message says what would fit
                 return (f"**Not run:** {exc}",) + (keep,) * 9
             except UserError as exc:
@@ -331,7 +337,7 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 return (f"**Run failed:** `{type(exc).__name__}: {exc}` (details in the server log)",) + (keep,) * 9
             imgs, depths, masks = gallery_items(rec, 0)
             notes = "".join(f"<br>· {n}" for n in info["notes"])
-            msg = (f"**Done** in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
+            msg = (f"**Done** (run {sess.runs}) in {info['seconds']:.1f}s — T={info['T']} × V={info['V']} at "
                    f"{info['H']}×{info['W']} on {info['device']}, layout {info['layout']}, "
                    f"λ=({params.lambda_pose:g}, {params.lambda_geo:g}, {params.lambda_pose_t:g}, "
                    f"{params.lambda_geo_t:g}), sparse {params.strategy}"

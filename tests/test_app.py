@@ -163,6 +163,29 @@ def test_ab_ghost_is_aligned(session, rec):
     assert not session.view.nodes["t0/ghost/points"].visible
 
 
+def test_rerun_of_the_same_input_keeps_the_viewer_frame(session, rec):
+    """A re-run with other settings is not re-centred: nodes that did not change stay where they were
+    (only what the settings moved moves on screen); a different input gets a fresh frame."""
+    view = session.view
+    session.set_result(rec, {})
+    view.set_point_size(0.02)  # the user's choice survives the re-run
+    cams0 = view.nodes["t0/v1/cam"].position.copy()
+    moved = Reconstruction(  # deeper geometry (so another centre) seen from the same cameras
+        images=rec.images, depth=rec.depth * 1.5, depth_conf=rec.depth_conf, world_points=rec.world_points * 1.5,
+        world_points_conf=rec.world_points_conf, extrinsic=rec.extrinsic, intrinsic=rec.intrinsic,
+        dynamic_mask=rec.dynamic_mask, view_names=rec.view_names, gt=rec.gt)
+    assert not np.allclose(moved.scene_center(), rec.scene_center())
+    session.set_result(moved, {}, keep_frame=True)
+    np.testing.assert_array_equal(view.nodes["t0/v1/cam"].position, cams0)
+    assert view.options["point_size"] == pytest.approx(0.02)
+    session.set_result(moved, {})  # a new input: re-centred on its own scene
+    assert not np.allclose(view.nodes["t0/v1/cam"].position, cams0)
+    a = RunParams(resolution=112)
+    assert a.same_input(RunParams(resolution=112, lambda_kpt=8.0, strategy="landmark", window=4))
+    assert not a.same_input(RunParams(resolution=224)) and not a.same_input(None)
+    assert not a.same_input(RunParams(resolution=112, preset="vggt"))
+
+
 def test_playback_advances(session, rec):
     import time
 
