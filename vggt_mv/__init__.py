@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 
+from vggt_mv import presets as _presets  # noqa: F401 - registers the named presets (ModelConfig.preset)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

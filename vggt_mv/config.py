@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -330,13 +330,23 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        from vggt_mv.presets import PRESETS
-
+        """The named preset (``vggt_mv.presets``), validated."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         cfg = copy.deepcopy(PRESETS[name]())
         cfg.name = name
         return cfg.validate()
+
+
+#: Named presets: builder name -> builder. ``vggt_mv.presets`` registers them (``register_preset``)
+#: and is imported with the package, so this module never imports it back.
+PRESETS: dict[str, Callable[[], ModelConfig]] = {}
+
+
+def register_preset(builder: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+    """Decorator: make ``builder`` available as ``ModelConfig.preset(builder.__name__)``."""
+    PRESETS[builder.__name__] = builder
+    return builder
 
 
 #: The design notes' config names -> the project's fields (README "Config aliases").

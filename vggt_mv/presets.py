@@ -15,8 +15,6 @@
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from vggt_mv.config import (
     CameraHeadConfig,
     DinoConfig,
@@ -25,9 +23,11 @@ from vggt_mv.config import (
     ModelConfig,
     SparseConfig,
     TrackHeadConfig,
+    register_preset,
 )
 
 
+@register_preset
 def vggt() -> ModelConfig:
     return ModelConfig(
         depth_head=DPTHeadConfig(output_dim=2, activation="exp"),
@@ -42,6 +42,7 @@ def vggt() -> ModelConfig:
     )
 
 
+@register_preset
 def page4d() -> ModelConfig:
     cfg = vggt()
     cfg.enable_track = False  # PAGE-4D trains and ships without the track head
@@ -53,12 +54,14 @@ def page4d() -> ModelConfig:
     return cfg
 
 
+@register_preset
 def page4d_mask() -> ModelConfig:
     cfg = page4d()
     cfg.mask.lambda_pose = 64.0
     return cfg
 
 
+@register_preset
 def page4d_fin10() -> ModelConfig:
     cfg = vggt()
     cfg.enable_track = False
@@ -70,6 +73,7 @@ def page4d_fin10() -> ModelConfig:
     return cfg
 
 
+@register_preset
 def vggt_mv() -> ModelConfig:
     cfg = vggt()
     cfg.enable_track = False
@@ -84,6 +88,7 @@ def vggt_mv() -> ModelConfig:
     return cfg
 
 
+@register_preset
 def vggt_mv_fin10() -> ModelConfig:
     cfg = vggt_mv()
     cfg.mask.head = "fin10"
@@ -91,6 +96,7 @@ def vggt_mv_fin10() -> ModelConfig:
     return cfg
 
 
+@register_preset
 def tiny() -> ModelConfig:
     dpt = dict(dim_in=128, features=32, out_channels=[16, 32, 64, 64],
                intermediate_layer_idx=[1, 3, 5, 7])
@@ -118,14 +124,3 @@ def tiny() -> ModelConfig:
         layout="factorized",
         follow_checkpoint=True,
     )
-
-
-PRESETS: dict[str, Callable[[], ModelConfig]] = {
-    "vggt": vggt,
-    "page4d": page4d,
-    "page4d_mask": page4d_mask,
-    "page4d_fin10": page4d_fin10,
-    "vggt_mv": vggt_mv,
-    "vggt_mv_fin10": vggt_mv_fin10,
-    "tiny": tiny,
-}

@@ -26,7 +26,7 @@ import numpy as np
 from vggt_mv.export.cameras import write_cameras_json
 from vggt_mv.export.colmap import write_colmap_text
 from vggt_mv.export.glb import build_scene, write_glb
-from vggt_mv.export.output import is_result_dir, output_dir
+from vggt_mv.export.output import RESULT_FORMAT, is_result_dir, output_dir
 from vggt_mv.export.ply import write_ply
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["save_reconstruction", "write_reconstruction", "read_reconstruction", "has_result_arrays", "json_safe",
            "FORMAT_NAME", "FORMAT_VERSION", "ARRAYS_DIR"]
 
-FORMAT_NAME = "vggt-mv-reconstruction"
+FORMAT_NAME = RESULT_FORMAT
 #: 2: arrays as ``arrays/NAME.npy`` (memory-mapped when stitched and when loaded); 1: ``reconstruction.npz``
 FORMAT_VERSION = 2
 ARRAYS_DIR = "arrays"

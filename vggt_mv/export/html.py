@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -33,7 +33,9 @@ from vggt_mv.export.viser_scene import (
     CAM_RGB, ROOT_WXYZ, cloud_for, frustum_fov_aspect, frustum_pose, initial_camera, temporary_server, tint_mask,
     viser_client_path,
 )
-from vggt_mv.inference.reconstruction import Reconstruction
+
+if TYPE_CHECKING:  # the exporters never import the result class back (it calls them)
+    from vggt_mv.inference.reconstruction import Reconstruction
 
 __all__ = ["export_html", "ShareResult", "MARKER", "SHARE_MANIFEST", "is_shared_html", "is_share_dir"]
 

@@ -38,6 +38,8 @@ __all__ = ["OutputError", "check_output", "output_dir", "output_file", "output_p
 log = logging.getLogger("vggt_mv.export")
 
 _TAG = "vggt-mv"
+#: The ``format`` of a result folder's ``manifest.json`` (written by ``vggt_mv.export.bundle``).
+RESULT_FORMAT = "vggt-mv-reconstruction"
 _DIE_ENV = "VGGT_MV_TEST_DIE_AT"
 
 
@@ -59,9 +61,7 @@ def json_manifest_is(path: Path, name: str, check: Callable[[dict], bool]) -> bo
 
 def is_result_dir(path: Path) -> bool:
     """A folder written by ``Reconstruction.save`` (``manifest.json`` of format vggt-mv-reconstruction)."""
-    from vggt_mv.export.bundle import FORMAT_NAME
-
-    return path.is_dir() and json_manifest_is(path, "manifest.json", lambda m: m.get("format") == FORMAT_NAME)
+    return path.is_dir() and json_manifest_is(path, "manifest.json", lambda m: m.get("format") == RESULT_FORMAT)
 
 
 def is_train_run(path: Path) -> bool:

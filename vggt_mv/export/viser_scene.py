@@ -15,11 +15,12 @@ import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vggt_mv.inference.reconstruction import Reconstruction
+if TYPE_CHECKING:  # the exporters never import the result class back (it calls them)
+    from vggt_mv.inference.reconstruction import Reconstruction
 
 __all__ = [
     "GHOST_RGB", "GT_RGB", "CAM_RGB", "UP_AXES", "ROOT_WXYZ", "frustum_fov_aspect", "wxyz_from_matrix",

@@ -21,7 +21,7 @@ from vggt_mv.config import ModelConfig
 from vggt_mv.distributed import DistEnv
 from vggt_mv.heads.pose_encoding import quat_to_mat
 from vggt_mv.model.vggt_mv import VGGTMV
-from vggt_mv.train import checkpoint
+import vggt_mv.train.checkpoint as checkpoint
 from vggt_mv.train.batches import batch_for_step, batches, mixture_for, step_seed
 from vggt_mv.train.checkpoint import CHECKPOINT_NAME
 from vggt_mv.train.config import TrainConfig, lr_at
