@@ -12,6 +12,7 @@ from share_helpers import by_type, decode_recording, embedded_recording, sample_
 from vggt_mv.cli import main as cli_main
 from vggt_mv.export import html as share
 from vggt_mv.export.html_budget import MIN_POINT_FACTOR, plan_size, select_points
+from vggt_mv.export.output import OutputError
 from vggt_mv.export.viser_scene import ROOT_WXYZ, tint_mask, viser_client_path
 from vggt_mv.inference.reconstruction import Reconstruction
 
@@ -178,6 +179,13 @@ def test_viser_folder_for_static_hosting(rec, tmp_path):
     assert recording["duration"] == pytest.approx(rec.num_timesteps / 4.0)
     assert len(_clouds(recording)) == rec.num_timesteps * rec.num_views
     assert res.bytes == sum(p.stat().st_size for p in res.path.rglob("*") if p.is_file())
+    assert sorted(share.share_files(res.path)) == files  # the manifest lists exactly what was written
+    (res.path / "index.html").write_text("<html>my landing page</html>")  # the user's file in the share
+    with pytest.raises(OutputError, match=r"also holds .*\(index\.html\)"):
+        share.export_html(rec, res.path, format="viser", fps=4.0)
+    assert (res.path / "index.html").read_text() == "<html>my landing page</html>"
+    (res.path / "index.html").unlink()
+    share.export_html(rec, res.path, format="viser", fps=2.0)  # only its own files: replaced
 
 
 def test_cli_writes_refuses_foreign_targets_and_replaces_its_own(result_dir, tmp_path, capsys):

@@ -69,6 +69,37 @@ def test_out_replaces_a_previous_result_and_writes_empty_folders(workdir):
     assert not [p for p in workdir.iterdir() if p.name.startswith(".out.")]  # no temp/old left
 
 
+def test_a_previous_result_holding_the_users_files_is_not_replaced(workdir, capsys):
+    """Replacing a previous result must not take along what the user put into it (a note, a video
+    recorded into it, a file inside arrays/): refused before the run, exit 2, one line naming them."""
+    out = workdir / "out"
+    assert cli_main(reconstruct_args(workdir / "scene", out)) == 0
+    (out / "notes.txt").write_text("keep me\n")
+    (out / "arrays" / "mine.npy").write_bytes(b"x")
+    (out / "extra").mkdir()
+    before = tree_digest(workdir)
+    capsys.readouterr()
+    assert cli_main(reconstruct_args(workdir / "scene", out, "--lambda-pose", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "arrays/mine.npy, extra/, notes.txt" in err[0] and "move that out" in err[0], err
+    assert tree_digest(workdir) == before
+    for extra in (out / "notes.txt", out / "arrays" / "mine.npy", out / "extra"):
+        shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    assert cli_main(reconstruct_args(workdir / "scene", out, "--lambda-pose", "1")) == 0  # only its own files: replaced
+
+
+def test_unlisted_entries(tmp_path):
+    from vggt_mv.export.output import unlisted_entries
+
+    for rel in ("a.txt", "pts/t0.ply", "pts/t1.ply", "colmap/images/v0/x.png", "colmap/c.txt", "deep/er/y"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    (tmp_path / "empty").mkdir()
+    listed = ["a.txt", "pts/t0.ply", "colmap/images/", "colmap/c.txt"]
+    assert unlisted_entries(tmp_path, listed) == ["deep/", "empty/", "pts/t1.ply"]
+    assert unlisted_entries(tmp_path, listed + ["pts/t1.ply", "deep/er/y", "empty/"]) == []
+
+
 def test_check_output_rules(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("x")

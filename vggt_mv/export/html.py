@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from vggt_mv.export.output import check_output, json_manifest_is, output_dir, output_file
+from vggt_mv.export.output import check_output, json_manifest_is, manifest_files, output_dir, output_file
 from vggt_mv.export.html_budget import (
     JPEG_QUALITY, MB, SizePlan, plan_size, resize_image, select_points,
 )
@@ -72,9 +72,18 @@ def is_shared_html(path: Path) -> bool:
         return False
 
 
+#: What a ``format="viser"`` folder holds (listed in its manifest).
+SHARE_FILES = ["scene.viser", "viewer/index.html", "README.md", SHARE_MANIFEST]
+
+
 def is_share_dir(path: Path) -> bool:
     """A ``format="viser"`` folder written by this exporter (its ``SHARE_MANIFEST``)."""
     return json_manifest_is(path, SHARE_MANIFEST, lambda m: m.get("format") == "vggt-mv-share")
+
+
+def share_files(path: Path) -> list[str]:
+    """The files a previous share folder lists (older ones list none: they always held ``SHARE_FILES``)."""
+    return manifest_files(path, SHARE_MANIFEST) or SHARE_FILES
 
 
 def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
@@ -83,7 +92,7 @@ def _check_target(out: Path, fmt: str, inputs: list[Path]) -> None:
     if fmt == "html":
         check_output(out, kind="file", inputs=inputs, is_ours=is_shared_html)
     else:
-        check_output(out, kind="dir", inputs=inputs, is_ours=is_share_dir)
+        check_output(out, kind="dir", inputs=inputs, is_ours=is_share_dir, written=share_files)
 
 
 def _write_output(out: Path, payload: str | dict[str, str | bytes], inputs: list[Path]) -> None:
@@ -93,7 +102,7 @@ def _write_output(out: Path, payload: str | dict[str, str | bytes], inputs: list
         with output_file(out, "w", inputs=inputs, is_ours=is_shared_html) as handle:
             handle.write(payload)
         return
-    with output_dir(out, inputs=inputs, is_ours=is_share_dir) as tmp:
+    with output_dir(out, inputs=inputs, is_ours=is_share_dir, written=share_files) as tmp:
         for rel, content in payload.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +201,8 @@ def _payload(scene: _Scene, plan: SizePlan, fmt: str, fps: float, point_size: fl
     manifest = json.dumps({"format": "vggt-mv-share", "version": 1, "points": plan.points,
                            "point_factor": plan.point_factor, "image_side": plan.image_side,
                            "timesteps": rec.num_timesteps, "views": rec.num_views, "fps": fps,
-                           "color_by": scene.color_by, "conf_percentile": conf_percentile}, indent=1)
+                           "color_by": scene.color_by, "conf_percentile": conf_percentile,
+                           "files": SHARE_FILES}, indent=1)
     files: dict[str, str | bytes] = {
         "scene.viser": serializer.serialize(), "viewer/index.html": viser_client_path().read_bytes(),
         "README.md": _readme(name), SHARE_MANIFEST: manifest}

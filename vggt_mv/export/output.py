@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 __all__ = ["OutputError", "check_output", "output_dir", "output_file", "output_path", "collect_leftovers",
-           "is_result_dir", "is_train_run", "json_manifest_is"]
+           "is_result_dir", "is_train_run", "json_manifest_is", "manifest_files", "unlisted_entries"]
 
 log = logging.getLogger("vggt_mv.export")
 
@@ -62,6 +62,41 @@ def json_manifest_is(path: Path, name: str, check: Callable[[dict], bool]) -> bo
 def is_result_dir(path: Path) -> bool:
     """A folder written by ``Reconstruction.save`` (``manifest.json`` of format vggt-mv-reconstruction)."""
     return path.is_dir() and json_manifest_is(path, "manifest.json", lambda m: m.get("format") == RESULT_FORMAT)
+
+
+def manifest_files(path: Path, name: str = "manifest.json") -> list[str] | None:
+    """The files a previous output listed in ``path/name`` (``"files"``: relative paths, a trailing
+    ``/`` covering a whole folder), or None when it lists none."""
+    try:
+        with open(path / name, encoding="utf-8") as handle:
+            files = json.load(handle).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(f) for f in files] if isinstance(files, list) else None
+
+
+def unlisted_entries(path: Path, listed: Iterable[str]) -> list[str]:
+    """Entries under the folder ``path`` that ``listed`` does not cover (sorted relative paths; a
+    folder that holds nothing listed is reported once, as ``name/``)."""
+    files = {f for f in listed if not f.endswith("/")}
+    folders = {f.rstrip("/") for f in listed if f.endswith("/")}
+    needed = {str(Path(f).parent) for f in files} | folders  # ... and their ancestors:
+    needed |= {str(parent) for f in needed for parent in Path(f).parents}
+    found: list[str] = []
+    for root, dirs, names in os.walk(path):
+        rel = Path(root).relative_to(path)
+        keep = []
+        for d in sorted(dirs):
+            sub = (rel / d).as_posix()
+            if sub in folders:
+                continue  # a listed folder: everything in it was written with it
+            if sub in needed:
+                keep.append(d)
+            else:
+                found.append(sub + "/")
+        dirs[:] = keep
+        found += [(rel / n).as_posix() for n in names if (rel / n).as_posix() not in files]
+    return sorted(found)
 
 
 def is_train_run(path: Path) -> bool:
@@ -104,12 +139,14 @@ def check_output(
     inputs: Iterable[str | os.PathLike | None] = (),
     is_ours: Callable[[Path], bool] | None = None,
     what: str = "--out",
+    written: Callable[[Path], list[str] | None] | None = None,
 ) -> Path:
     """Validate ``target`` against the output rule; returns its absolute path or raises ``OutputError``.
 
     Checks, in order: not the current directory / an input / an ancestor of either; an existing
-    target is an empty folder (``kind="dir"``) or recognised by ``is_ours``; the place it would be
-    created in is a writable folder (probed with a temp entry that is removed again).
+    target is an empty folder (``kind="dir"``) or recognised by ``is_ours`` and, with ``written``
+    (the files that previous output lists, e.g. :func:`manifest_files`), holds nothing else; the
+    place it would be created in is a writable folder (probed with a temp entry that is removed again).
     """
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(target))))
     real = _resolve(path)
@@ -132,6 +169,13 @@ def check_output(
             if not ours and any(path.iterdir()):
                 raise OutputError(f"{what} {target} is a non-empty folder that is not a vggt-mv result; "
                                   "choose a new or empty folder (nothing is deleted for you)")
+            listed = written(path) if ours and written is not None else None
+            extra = [] if listed is None else unlisted_entries(path, listed)
+            if extra:
+                names = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+                raise OutputError(f"{what} {target} is a vggt-mv output that also holds what vggt-mv did not write "
+                                  f"there ({names}); move that out or choose another {what} (nothing is deleted "
+                                  "for you)")
         else:
             if path.is_dir():
                 raise OutputError(f"{what} {target} is a folder; give a file name")
@@ -299,14 +343,15 @@ def output_dir(
     inputs: Iterable[str | os.PathLike | None] = (),
     is_ours: Callable[[Path], bool] = is_result_dir,
     what: str = "--out",
+    written: Callable[[Path], list[str] | None] | None = manifest_files,
 ) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` as a whole.
 
-    ``target`` is checked with :func:`check_output` first and leftovers of dead writers are
-    collected. On an exception inside the block the temp folder is removed and ``target`` is
-    untouched.
+    ``target`` is checked with :func:`check_output` first (``written``: what a previous output
+    there lists, so nothing else in it is replaced) and leftovers of dead writers are collected.
+    On an exception inside the block the temp folder is removed and ``target`` is untouched.
     """
-    path = check_output(target, kind="dir", inputs=inputs, is_ours=is_ours, what=what)
+    path = check_output(target, kind="dir", inputs=inputs, is_ours=is_ours, what=what, written=written)
     path.parent.mkdir(parents=True, exist_ok=True)
     collect_leftovers(path, is_ours)
     token = secrets.token_hex(4)

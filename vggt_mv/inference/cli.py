@@ -255,7 +255,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     target, the scene's length against window/frames), then weights load, then frames decode.
     """
     from vggt_mv.data.scene import load_scene, scan_scene
-    from vggt_mv.export.output import check_output, is_result_dir
+    from vggt_mv.export.output import check_output, is_result_dir, manifest_files
     from vggt_mv.inference.device import select_device
     from vggt_mv.inference.pipeline import reconstruct
     from vggt_mv.inference.priors import epipolar_cameras, load_query_points
@@ -272,7 +272,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     device = select_device("cpu" if args.device == "cpu" else "auto") if distributed.under_torchrun() \
         else select_device(args.device)
     inputs = _inputs(args)
-    check_output(args.out, kind="dir", inputs=inputs, is_ours=is_result_dir)
+    check_output(args.out, kind="dir", inputs=inputs, is_ours=is_result_dir, written=manifest_files)
     masks = args.masks
     if args.no_masks:
         masks = False
