@@ -109,6 +109,15 @@ def test_config_from_weights_header_and_manifest(tmp_path, capsys):
     assert Reconstruction.load(tmp_path / "a").meta["preset"] == "tiny"
     assert vggt_mv.ModelConfig.from_json(TINY.with_suffix(".json")).to_dict() == \
         vggt_mv.ModelConfig.preset("tiny").to_dict()
+    # `weights inspect` / `weights merge` take it from the header too (they used to assume vggt)
+    rc, err = run_cli(capsys, "weights", "inspect", "--checkpoint", str(TINY))
+    assert rc == 0, err
+    rc, err = run_cli(capsys, "weights", "merge", "--checkpoint", str(TINY), "--out", str(tmp_path / "m.safetensors"))
+    assert rc == 0, err
+    from vggt_mv.weights.formats import embedded_config
+
+    merged = vggt_mv.ModelConfig.from_json(tmp_path / "m.json").to_dict()
+    assert merged == vggt_mv.ModelConfig.from_dict(embedded_config(TINY)).to_dict()
 
 
 # ----------------------------------------------------------------------------- validated first

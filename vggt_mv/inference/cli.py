@@ -192,24 +192,10 @@ def _check_memory(args: argparse.Namespace, cfg, source, masks, frames, device) 
 def _build_config(args: argparse.Namespace, checkpoint=None):
     """The model config: --config, else the one a vggt-mv ``checkpoint`` file carries, else --preset
     (default: the one a short weights name implies, vggt_mv with --pi3, vggt with --checkpoint, else tiny)."""
-    from vggt_mv.config import ModelConfig
-    from vggt_mv.weights.formats import embedded_config
-    from vggt_mv.weights.hub import implied_preset
+    from vggt_mv.weights.autoconfig import base_config
 
-    embedded = embedded_config(checkpoint) if checkpoint and not (args.config or args.preset) else None
-    if args.config:
-        cfg = ModelConfig.from_json(args.config)
-    elif embedded is not None:
-        try:
-            cfg = ModelConfig.from_dict(embedded)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--checkpoint {args.checkpoint}: its embedded config is invalid ({e}); "
-                             "pass --preset or --config") from None
-        log.info("model config from %s (vggt_mv_config in its header)", args.checkpoint)
-    else:
-        preset = args.preset or implied_preset(args.checkpoint, args.pi3) or (
-            "vggt" if args.checkpoint else "tiny")
-        cfg = ModelConfig.preset(preset)
+    cfg = base_config(config=args.config, preset=args.preset, checkpoint=checkpoint, checkpoint_ref=args.checkpoint,
+                      pi3_ref=args.pi3, fallback="vggt" if args.checkpoint else "tiny")
     if args.sparse is not None:
         cfg.sparse.strategy = args.sparse
     if args.time_bias is not None:

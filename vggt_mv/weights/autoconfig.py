@@ -14,6 +14,8 @@ Configs with ``follow_checkpoint=False`` (the ``vggt`` / ``page4d*`` presets) ar
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from dataclasses import dataclass
 
 from vggt_mv.config import ModelConfig
@@ -71,3 +73,27 @@ def resolve_config(cfg: ModelConfig, checkpoint: dict[str, Shape] | None) -> tup
             cfg.mask.head = mask
         cfg.enable_track = track
     return cfg.validate(), ConfigChoices(mask, mask_why, track, track_why, fresh)
+
+
+def base_config(*, config: str | os.PathLike | None = None, preset: str | None = None,
+                checkpoint: str | os.PathLike | None = None, checkpoint_ref: str | None = None,
+                pi3_ref: str | None = None, fallback: str = "vggt") -> ModelConfig:
+    """The config to fit (before :func:`resolve_config`): ``config`` (a ``model_config.json``), else
+    the one a vggt-mv ``checkpoint`` file carries in its header, else ``preset``, else the preset a
+    short weights name implies (``checkpoint_ref`` / ``pi3_ref`` as the user gave them), else ``fallback``."""
+    from vggt_mv.weights.formats import embedded_config
+    from vggt_mv.weights.hub import implied_preset
+
+    if config:
+        return ModelConfig.from_json(config)
+    embedded = embedded_config(checkpoint) if checkpoint and not preset else None
+    if embedded is not None:
+        try:
+            cfg = ModelConfig.from_dict(embedded)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--checkpoint {checkpoint_ref or checkpoint}: its embedded config is invalid ({e}); "
+                             "pass --preset or --config") from None
+        logging.getLogger("vggt_mv.weights").info("model config from %s (vggt_mv_config in its header)",
+                                                  checkpoint_ref or checkpoint)
+        return cfg
+    return ModelConfig.preset(preset or implied_preset(checkpoint_ref, pi3_ref) or fallback)

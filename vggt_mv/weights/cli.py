@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vggt_mv.config import ModelConfig
 
@@ -33,14 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.set_defaults(func=_merge)
 
 
-def _config(args) -> ModelConfig:
+def _config(args, checkpoint: Path | None) -> ModelConfig:
+    """--config, else the config a vggt-mv ``checkpoint`` carries, else --preset (or the implied one)."""
+    from vggt_mv.weights.autoconfig import base_config
+
+    return base_config(config=args.config, preset=args.preset, checkpoint=checkpoint, checkpoint_ref=args.checkpoint,
+                       pi3_ref=args.pi3)
+
+
+def _weights(args) -> tuple[Path | None, Path | None]:
+    """--checkpoint / --pi3 as local files (short names and hf:// resolved from the Hub cache)."""
+    from vggt_mv.weights.hub import resolve_weights
+
     if not (args.checkpoint or args.pi3):
         raise ValueError("give --checkpoint and/or --pi3")
-    from vggt_mv.weights.hub import implied_preset
-
-    if args.config:
-        return ModelConfig.from_json(args.config)
-    return ModelConfig.preset(args.preset or implied_preset(args.checkpoint, args.pi3) or "vggt")
+    return resolve_weights(args.checkpoint, "--checkpoint"), resolve_weights(args.pi3, "--pi3")
 
 
 def _list(args) -> int:
@@ -65,11 +73,10 @@ def _list(args) -> int:
 
 def _inspect(args) -> int:
     from vggt_mv.weights.formats import open_checkpoint
-    from vggt_mv.weights.hub import resolve_weights
     from vggt_mv.weights.loader import fit_config, plan_files
 
-    cfg = _config(args)
-    checkpoint, pi3 = resolve_weights(args.checkpoint, "--checkpoint"), resolve_weights(args.pi3, "--pi3")
+    checkpoint, pi3 = _weights(args)
+    cfg = _config(args, checkpoint)
     ck = open_checkpoint(checkpoint, expect="vggt") if checkpoint else None
     pi = open_checkpoint(pi3, expect="pi3", role="pi3") if pi3 else None
     cfg, choices = fit_config(cfg, ck)
@@ -89,7 +96,8 @@ def _merge(args) -> int:
 
     inputs = [w for w in (args.checkpoint, args.pi3) if w and parse_weights_ref(w) is None] + [args.config]
     check_merged_target(args.out, inputs)
-    model, report = load_model(_config(args), checkpoint=args.checkpoint, pi3=args.pi3, recipe=args.recipe,
+    checkpoint, pi3 = _weights(args)
+    model, report = load_model(_config(args, checkpoint), checkpoint=checkpoint, pi3=pi3, recipe=args.recipe,
                                strict=not args.allow_partial)
     path = save_merged(model, args.out, report, inputs=inputs)
     print(report.to_table())
