@@ -167,6 +167,9 @@ def test_cli_record_end_to_end(rec, tmp_path: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["record", str(missing), "--out", str(tmp_path / "x.mp4")]) == 2
     assert str(missing) in capsys.readouterr().err
+    assert main(["record", str(result), "--out", str(tmp_path / "x.txt")]) == 2  # checked before any rendering
+    assert "--out " in (err := capsys.readouterr().err) and "must end in .mp4 / .mov" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.txt").exists()
     (tmp_path / "empty").mkdir()
     assert main(["record", str(tmp_path / "empty"), "--out", str(tmp_path / "x.mp4")]) == 2
     assert "empty" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()

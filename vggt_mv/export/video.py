@@ -341,6 +341,10 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: File names the H.264 recording can be written to (pyav picks the container by the suffix).
+VIDEO_SUFFIXES = (".mp4", ".mov")
+
+
 def record(
     rec: "Reconstruction",
     out_path: str | os.PathLike,
@@ -378,6 +382,9 @@ def record(
     import imageio.v3 as iio
 
     height, width = int(size[0]), int(size[1])
+    if Path(out_path).suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"{out_path}: a video file name must end in {' / '.join(VIDEO_SUFFIXES)} "
+                         f"(the container follows it), e.g. {Path(out_path).with_suffix('.mp4').name}")
     if height < 2 or width < 2 or height % 2 or width % 2:
         raise ValueError(f"video size must be even and >= 2 (yuv420p), got {height}x{width}")
     if not fps > 0:

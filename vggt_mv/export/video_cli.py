@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="render a saved reconstruction into an MP4 demo video",
                        description="Software-rendered (CPU, headless) H.264 video of a saved result folder.")
     p.add_argument("result_dir", metavar="RESULT_DIR", type=Path, help="folder written by `vggt-mv reconstruct`")
-    p.add_argument("--out", "-o", type=Path, required=True, help="output .mp4 path (written atomically)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output video path: .mp4 (or .mov), written atomically")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--timeline", dest="mode", action="store_const", const="timeline",
                       help="fixed viewpoint stepping through the timesteps (default)")
@@ -76,7 +76,7 @@ def run_record(args: argparse.Namespace) -> int:
     from vggt_mv.inference.reconstruction import Reconstruction
 
     from vggt_mv.export.output import check_output
-    from vggt_mv.export.video import is_recorded_video
+    from vggt_mv.export.video import VIDEO_SUFFIXES, is_recorded_video
 
     result_dir: Path = args.result_dir
     for name in ("frames_per_step", "loops"):
@@ -84,6 +84,9 @@ def run_record(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if not args.fps > 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
+    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--out {args.out} must end in {' / '.join(VIDEO_SUFFIXES)}, e.g. --out "
+                         f"{args.out.with_suffix('.mp4')}")
     check_output(args.out, kind="file", inputs=[result_dir], is_ours=is_recorded_video)
     if not result_dir.exists():
         raise FileNotFoundError(f"RESULT_DIR {result_dir} does not exist")
