@@ -127,3 +127,18 @@ def test_train_cli_on_dump_and_synthetic_with_workers(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "bad"), "--steps", "1", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no known training-data layout" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--val-data", "nowhere"], "--val-data nowhere: no such file or folder"),  # was found after training
+    (["--data", "foo:/tmp"], "--data foo:/tmp: unknown format 'foo'; use one of dexycb, dump"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu9"], "device"),
+])
+def test_train_options_are_checked_before_anything_runs(tmp_path, capsys, extra, needle):
+    from vggt_mv.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "1", "--size", "42x56", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # nothing written

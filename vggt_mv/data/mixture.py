@@ -65,11 +65,11 @@ def _training_seed(rng: np.random.Generator) -> int:
     return seed
 
 
-def _check_trainable(src: DataSource) -> None:
+def _check_trainable(src: DataSource, option: str = "--data") -> None:
     for s in src.sequences:
         if not (s.has_depth and s.has_cameras):
             need = [n for n, ok in (("depth", s.has_depth), ("intrinsics + extrinsics", s.has_cameras)) if not ok]
-            raise ValueError(f"--data {src.spec}: sequence {s.path} has no {' or '.join(need)}; training needs "
+            raise ValueError(f"{option} {src.spec}: sequence {s.path} has no {' or '.join(need)}; training needs "
                              "depth, intrinsics and extrinsics (add them or leave that sequence out)")
 
 
@@ -80,7 +80,7 @@ class MixtureData:
         if not data:
             raise ValueError("no --data source given")
         self.clip = clip
-        self.val_sources = [open_source(s) for s in (val_data or [])]
+        self.val_sources = [open_source(s, "--val-data") for s in (val_data or [])]
         held_out = {seq.key for src in self.val_sources for seq in src.sequences}
         self.sources: list[DataSource] = []
         for spec in data:
@@ -93,7 +93,7 @@ class MixtureData:
                 _check_trainable(src)
             self.sources.append(src)
         for src in self.val_sources:
-            _check_trainable(src)
+            _check_trainable(src, "--val-data")
         w = np.array([s.weight for s in self.sources], dtype=np.float64)
         self.probs = w / w.sum()
 

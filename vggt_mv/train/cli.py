@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, kind="dir", inputs=local, is_ours=is_train_run)
         if found is not None:
             raise ValueError(f"{found} exists; pass --resume to continue it or choose another --out")
+    if not distributed.under_torchrun():  # under torchrun each rank takes its cuda:LOCAL_RANK
+        from vggt_mv.inference.device import select_device
+
+        select_device(args.device)  # e.g. cuda on a machine without it: one line, before anything runs
     env = distributed.init_from_env(args.device)
     distributed.quiet_other_ranks()
     say = print if env.is_main else (lambda *a, **k: None)
@@ -201,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                                 corr=args.corr_weight, corr_layers=args.corr_layers,
                                 cross_view=args.cross_view_weight, cross_view_on=args.cross_view_on),
             )
-            if cfg.data:  # open every source before the model is built: a bad spec fails in a second
+            if cfg.data or cfg.val_data:  # open every source before the model is built: a bad spec fails in a second
                 from vggt_mv.train.batches import mixture_for
                 mixture_for(cfg)
             trainer = Trainer(cfg, out, env=env)
