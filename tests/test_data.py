@@ -128,6 +128,20 @@ def test_load_camera_folders_natural_order(tmp_path, syn, caplog):
     np.testing.assert_array_equal(sr.ext_masks.numpy() > 0.5, syn.dynamic_mask[1:6:2])
 
 
+def test_cameras_with_the_same_folder_name_get_distinct_names(tmp_path, syn, caplog):
+    """A/rgb and B/rgb: the views are named A_rgb and B_rgb (COLMAP image folders and cameras.json
+    would otherwise mix the two cameras); the same folder twice is numbered, with a warning."""
+    folders = []
+    for v, rig in enumerate(("A", "B")):
+        for t in range(2):
+            _write_png(tmp_path / rig / "rgb" / f"{t}.png", syn.images[t, v])
+        folders.append(tmp_path / rig / "rgb")
+    assert load_scene(folders, resolution=168).view_names == ["A_rgb", "B_rgb"]
+    with caplog.at_level(logging.WARNING, logger="vggt_mv.data"):
+        names = load_scene([folders[0], folders[0]], resolution=168).view_names
+    assert names == ["A_rgb", "A_rgb_2"] and "more than once" in caplog.text
+
+
 def test_load_videos(tmp_path, syn):
     vids = []
     for v in range(3):

@@ -19,6 +19,7 @@ exists, also the ground-truth dynamic mask (``source["gt"]["dynamic_mask"]`` say
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -169,6 +170,23 @@ def _dump_cameras(root: Path, img_root: Path) -> list[_Camera]:
     return cams
 
 
+def _unique_names(cams: list[_Camera]) -> list[_Camera]:
+    """Cameras named alike (``A/rgb``, ``B/rgb``) take their parent folder's name too (``A_rgb``,
+    ``B_rgb``), so exports (COLMAP image folders, cameras.json) keep them apart."""
+    counts = Counter(c.name for c in cams)
+    for c in cams:
+        if counts[c.name] > 1:
+            c.name = f"{c.path.parent.name}_{c.name}" if c.path.parent.name else c.name
+    seen: Counter[str] = Counter()
+    for c in cams:  # still alike (the same folder twice): number them
+        seen[c.name] += 1
+        if seen[c.name] > 1:
+            log.warning("camera %s is given more than once; its copy %d is named %s_%d",
+                        c.path, seen[c.name], c.name, seen[c.name])
+            c.name = f"{c.name}_{seen[c.name]}"
+    return cams
+
+
 def _resolve(views_or_root: PathLike | Sequence[PathLike]) -> tuple[str, list[_Camera], Path | None]:
     """-> (layout name, cameras, root or None)."""
     if isinstance(views_or_root, (str, Path)):
@@ -193,7 +211,7 @@ def _resolve(views_or_root: PathLike | Sequence[PathLike]) -> tuple[str, list[_C
                         c.mask_dir = cand
                         break
             return "camera_root", cams, root
-    cams = [_camera(p) for p in entries]
+    cams = _unique_names([_camera(p) for p in entries])
     kinds = {"video" if c.frames is None else "frames" for c in cams}
     return ("videos" if kinds == {"video"} else "frame_folders" if kinds == {"frames"} else "mixed"), cams, None
 
