@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from vggt_mv.cli import Parser
+
 from .state import (EPIPOLAR, PRESETS, RESOLUTIONS, SAMPLE_DIR, STRATEGIES, RunParams, SessionRegistry,
                     resolution_choices)
 
@@ -43,7 +45,7 @@ def free_port(start: int, host: str = "127.0.0.1", tries: int = 200) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vggt-mv-app", description="vggt-mv interactive viewer (Gradio + viser)")
+    p = Parser(prog="vggt-mv-app", description="vggt-mv interactive viewer (Gradio + viser)")
     p.add_argument("--views", nargs="+", metavar="DIR", help="one folder of frames (or video) per camera")
     p.add_argument("--scene", metavar="ROOT", help="a scene root (cam*/ folders or time_XX/viewN.png dump)")
     p.add_argument("--preset", default=None, choices=PRESETS,

@@ -266,3 +266,18 @@ def test_grey_masks_use_the_documented_threshold(tmp_path, caplog):
     assert m.tolist() == [[False, False, True, True]]
     assert caplog.text.count("grey levels") == 1
     assert io.read_mask(tmp_path / "b.png").tolist() == [[False, True, True, False]]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["reconstruct", "--resolution", "abc"], "argument --resolution: invalid int value: 'abc'"),
+    (["train", "--size", "50x70"], "--size 50x70: H and W must be positive multiples of 14"),
+    (["reconstruct", "--scene", "a", "--views", "b"], "not allowed with argument"),
+])
+def test_usage_errors_are_one_line_too(capsys, argv, needle):
+    """argparse's own errors: one line pointing at --help, not the whole usage block."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"vggt-mv {argv[0]}: error: ") and needle in err[0]
+    assert err[0].endswith(f"(see vggt-mv {argv[0]} --help)")

@@ -18,8 +18,16 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (the option, what is wrong, where the
+    help is) instead of the whole usage block; subcommand parsers are made of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vggt-mv",
         description="Multi-view, multi-timestep VGGT / PAGE-4D / Pi3 reconstruction (library CLI).",
     )
