@@ -160,8 +160,9 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_cli_trains_and_writes_loadable_weights(tmp_path):
+def test_cli_trains_and_writes_loadable_weights(tmp_path, caplog):
     import json
+    import logging
 
     from vggt_mv.cli import main
     from vggt_mv.weights.loader import load_model
@@ -191,9 +192,14 @@ def test_cli_trains_and_writes_loadable_weights(tmp_path):
     for k, v in ckpt["model"].items():
         assert torch.equal(v, sd[k]), k  # 100% of tensors loaded from the file
     assert main(["train", "--steps", "2", "--out", str(out), "--no-progress"]) == 2  # refuses to overwrite
-    assert main(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2  # at step 2 of 2: nothing to do
+    weights = (out / "model.safetensors").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="vggt_mv.train"):
+        assert main(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress", "--lr", "0.5"]) == 0
+    assert "saved settings; ignored: --lr 0.5" in caplog.text  # the run keeps its own lr
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][1:]
     assert [r["step"] for r in steps if r["kind"] == "step"] == [1, 2, 3]  # resumed: appended after step 2
+    assert steps[-2]["lr"] < 0.5 and (out / "model.safetensors").read_bytes() != weights
 
 
 def test_init_from_saved_weights_and_refuses_partial_files(tmp_path):

@@ -295,7 +295,10 @@ class ModelConfig:
     def from_json(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"--config {path} is not a JSON text file (a checkpoint? pass it as --checkpoint); "
+                             "give a model_config.json") from None
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read model config {path}: {e}") from e
         if not isinstance(d, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from vggt_mv.weights.hub import parse_weights_ref
 from vggt_mv.train.checkpoint import CHECKPOINT_NAME, SHARDED_NAME, find_checkpoint
 from vggt_mv.train.parallel import PRECISIONS, STRATEGIES
 from vggt_mv.train.trainer import TrainConfig, Trainer
+
+log = logging.getLogger("vggt_mv.train")
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -81,10 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model on procedural dynamic scenes (CPU friendly)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=d.preset, help="model preset (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"total optimizer steps (default: {d.steps}; with --resume: the run's own total)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data stream and the init (default: %(default)s)")
     p.add_argument("--init", default=None,  # a str: Path() would fold the // of hf:// URIs
                    help="start from these weights instead of random init: a previous run's model.safetensors, "
                         "hf://OWNER/REPO/FILE or a weights name")
@@ -101,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_sizes, default=[(d.height, d.width)],
                    help="HxW (multiples of 14), or a comma list drawn per step; validation uses the first "
                         "(default: 126x168)")
-    p.add_argument("--views", type=int, default=d.views)
+    p.add_argument("--views", type=int, default=d.views, help="cameras per scene (default: %(default)s)")
     p.add_argument("--timesteps", type=_timesteps, default=(d.timesteps, d.timesteps),
                    help="timesteps per scene, or a range lo-hi drawn per step (default: 4)")
     p.add_argument("--batch", type=int, default=d.batch_size, help="scenes per step (default: %(default)s)")
@@ -119,10 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="activation checkpointing of the aggregator blocks: less memory, more compute")
     p.add_argument("--accum", type=int, default=d.accum,
                    help="micro-batches of --batch per optimizer step (gradient accumulation; default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="peak AdamW learning rate, after warm-up, cosine decay (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help="gradient-norm clip; 0 = off (default: %(default)s)")
     p.add_argument("--ext-mask-prob", type=float, default=d.ext_mask_prob,
                    help="share of samples that feed the GT mask as external mask (default: %(default)s)")
     p.add_argument("--arc", type=_arc, default=tuple(d.arc_deg),
@@ -132,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="View-SA correspondence supervision weight; 0 = off (default: %(default)s)")
     p.add_argument("--corr-layers", type=_layers, default=d.loss.corr_layers,
                    help="layers whose View-SA attention is supervised (default: 1,2)")
-    p.add_argument("--mask-weight", type=float, default=d.loss.mask, help="dynamic-mask BCE weight")
+    p.add_argument("--mask-weight", type=float, default=d.loss.mask,
+                   help="dynamic-mask BCE weight (default: %(default)s)")
     p.add_argument("--cross-view-weight", type=float, default=d.loss.cross_view,
                    help="self-supervised cross-view depth consistency weight (default: %(default)s)")
     p.add_argument("--cross-view-on", choices=["no-gt", "all"], default=d.loss.cross_view_on,
@@ -144,22 +151,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "panoptic (auto-detected) or synthetic; default: procedural scenes")
     p.add_argument("--val-data", action="append", default=[], metavar="[FORMAT:]PATH",
                    help="validation sequences (repeatable); never trained on, even if also under --data")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between log.jsonl records (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
+                   help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="0 disables validation")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=run)
+
+
+#: train options -> the TrainConfig field they set (what --resume takes from the checkpoint instead)
+_RESUMED = {"preset": "preset", "lr": "lr", "warmup": "warmup", "weight_decay": "weight_decay",
+            "grad_clip": "grad_clip", "batch": "batch_size", "views": "views", "seed": "seed",
+            "accum": "accum", "train_recipe": "train_recipe", "precision": "precision"}
+
+
+def _ignored_on_resume(args: argparse.Namespace, saved: TrainConfig) -> list[str]:
+    """Options given with --resume (not at their default) that differ from the run's saved settings."""
+    default = TrainConfig()
+    out = [f"--{opt.replace('_', '-')} {getattr(args, opt)}" for opt, field in _RESUMED.items()
+           if getattr(args, opt) != getattr(default, field) and getattr(args, opt) != getattr(saved, field)]
+    size = [saved.height, saved.width]
+    if list(args.size[0]) not in ([default.height, default.width], size):
+        out.append(f"--size {args.size[0][0]}x{args.size[0][1]}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``vggt-mv train`` (also each torchrun rank's); returns the exit code."""
     from vggt_mv import distributed
 
-    if args.steps <= 0:
-        raise ValueError("--steps must be positive")
-    for name in ("views", "batch", "log_every", "ckpt_every", "accum"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.steps is not None and args.steps <= 0:
+        raise ValueError(f"--steps must be positive, got {args.steps}")
+    for name in ("views", "batch", "log_every", "ckpt_every", "accum", "lr"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("warmup", "weight_decay", "grad_clip"):
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.threads is not None and args.threads <= 0:
         raise ValueError("--threads must be positive")
     threads = args.threads or (None if distributed.under_torchrun() else TrainConfig.threads)
@@ -186,12 +215,19 @@ def run(args: argparse.Namespace) -> int:
                 import torch
                 torch.set_num_threads(threads)
             trainer = Trainer.resume(found, out, steps=args.steps, env=env)
+            if trainer.step >= trainer.cfg.steps:
+                raise ValueError(f"--resume: {found} is at step {trainer.step} of {trainer.cfg.steps}, so there is "
+                                 f"nothing to train; pass --steps N with N > {trainer.step} to train further")
+            ignored = _ignored_on_resume(args, trainer.cfg)
+            if ignored:
+                log.warning("--resume continues with the run's saved settings; ignored: %s", ", ".join(ignored))
             say(f"resuming {found} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
         else:
+            steps = args.steps or TrainConfig.steps
             (h, w), extra = args.size[0], [list(s) for s in args.size[1:]]
             t_lo, t_hi = args.timesteps
             cfg = TrainConfig(
-                preset=args.preset, steps=args.steps, lr=args.lr, warmup=min(args.warmup, args.steps),
+                preset=args.preset, steps=steps, lr=args.lr, warmup=min(args.warmup, steps),
                 weight_decay=args.weight_decay, grad_clip=args.grad_clip, batch_size=args.batch,
                 timesteps=t_lo, max_timesteps=t_hi if t_hi != t_lo else None, views=args.views,
                 height=h, width=w, extra_sizes=extra,
