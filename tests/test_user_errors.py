@@ -128,7 +128,9 @@ def test_config_from_weights_header_and_manifest(tmp_path, capsys):
     (["--frames", "0:9", "--window", "4", "--overlap", "0"], ["--window 4 / --overlap 0 with 9 timesteps"]),
     (["--frames", "20:30"], ["selects no frame of the 10"]),
     (["--resolution", "14000"], ["above the ceiling 1036", "--max-resolution"]),
-    (["--resolution", "100"], ["--resolution", "multiple of 14"]),
+    (["--resolution", "100"], ["--resolution", "multiple of 14", "the nearest are 98 or 112"]),
+    (["--lambda-pose", "100"], ["--lambda-pose 100 is outside +-4", "mask.lambda_bound"]),  # was after the load
+    (["--masks", str(SAMPLE / "masks" / "view_0")], ["holds 0 subfolder(s) for 3 cameras"]),
     (["--device", "tpu9"], ["unknown device 'tpu9'"]),
     (["--dtype", "fp8"], ["unknown dtype"]),
     (["--out", "/proc/vggt-mv-out"], ["cannot write in /proc"]),
@@ -140,6 +142,21 @@ def test_bad_options_fail_before_weights_load(tmp_path, capsys, caplog, extra, n
         rc, err = run_cli(capsys, *argv)
     assert_user_error(rc, err, "reconstruct", *needles)
     assert "demo weights" not in caplog.text and "scene:" not in caplog.text
+
+
+def test_scene_paths_and_environment_name_what_is_wrong(tmp_path, capsys, monkeypatch):
+    rc, err = run_cli(capsys, *recon(tmp_path / "nowhere", tmp_path / "out"))
+    assert_user_error(rc, err, "reconstruct", "nowhere' does not exist; pass a scene root (cam*/")
+    (tmp_path / "rig" / "left").mkdir(parents=True)
+    (tmp_path / "rig" / "right").mkdir()
+    rc, err = run_cli(capsys, *recon(tmp_path / "rig", tmp_path / "out"))
+    assert_user_error(rc, err, "reconstruct", "subfolders (left, right) are not named cam*/view*", "--views")
+    monkeypatch.setenv("VGGT_MV_MEMORY_CAP", "abc")
+    rc, err = run_cli(capsys, *recon(SAMPLE, tmp_path / "out"))
+    assert_user_error(rc, err, "reconstruct", "VGGT_MV_MEMORY_CAP: not a memory size: 'abc'")
+    (tmp_path / "c.pt").write_bytes(b"\x80\x81\x82 not text")
+    rc, err = run_cli(capsys, *recon(SAMPLE, tmp_path / "out"), "--config", str(tmp_path / "c.pt"))
+    assert_user_error(rc, err, "reconstruct", "--config", "is not a JSON text file")
 
 
 def test_out_an_existing_file_fails_first(tmp_path, capsys):

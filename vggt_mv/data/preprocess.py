@@ -33,8 +33,9 @@ def default_resolution(device: str | torch.device | None = None) -> int:
 def check_resolution(target: int) -> int:
     """Validate a target size (positive multiple of 14); returns it as int."""
     if int(target) != target or target <= 0 or int(target) % PATCH:
+        near = sorted({max(PATCH, int(target) // PATCH * PATCH), (int(target) // PATCH + 1) * PATCH})
         raise ValueError(f"resolution {target!r} must be a positive multiple of {PATCH} "
-                         f"(e.g. 518, 392, 252, 168); pick the nearest one")
+                         f"(e.g. 518, 392, 252, 168); the nearest are {' or '.join(map(str, near))}")
     return int(target)
 
 

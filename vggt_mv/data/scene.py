@@ -197,6 +197,9 @@ def _resolve(views_or_root: PathLike | Sequence[PathLike]) -> tuple[str, list[_C
         single = len(entries) == 1
         if not entries:
             raise ValueError("no cameras given; pass camera folders/videos or a scene root folder")
+    if single and not entries[0].exists():
+        raise ValueError(f"{str(entries[0])!r} does not exist; pass a scene root (cam*/ or view*/ camera folders, "
+                         "or images/time_XX/viewN.png) or one frame folder / video per camera")
     if single and entries[0].is_dir():
         root = entries[0]
         img_root = io.dump_image_root(root)
@@ -211,6 +214,12 @@ def _resolve(views_or_root: PathLike | Sequence[PathLike]) -> tuple[str, list[_C
                         c.mask_dir = cand
                         break
             return "camera_root", cams, root
+        subdirs = io.natural_sorted([p for p in root.iterdir() if p.is_dir()])
+        if subdirs and not any(p.suffix.lower() in io.IMAGE_EXTS for p in root.iterdir()):
+            names = ", ".join(p.name for p in subdirs[:4]) + (", ..." if len(subdirs) > 4 else "")
+            raise ValueError(f"{str(root)!r} has no images and is not a scene root: its subfolders ({names}) are "
+                             "not named cam*/view* and there is no images/time_XX/viewN.png; pass the camera "
+                             "folders one by one (--views) or rename them cam0, cam1, ...")
     cams = _unique_names([_camera(p) for p in entries])
     kinds = {"video" if c.frames is None else "frames" for c in cams}
     return ("videos" if kinds == {"video"} else "frame_folders" if kinds == {"frames"} else "mixed"), cams, None
@@ -232,8 +241,10 @@ def _attach_masks(cams: list[_Camera], masks) -> None:
     else:
         dirs = [Path(m) for m in masks]
     if len(dirs) != len(cams):
-        raise ValueError(f"got {len(dirs)} mask folders for {len(cams)} cameras ({masks!r}); "
-                         "give exactly one mask folder per camera, in camera order")
+        how = (f"the mask root {str(masks)!r} holds {len(dirs)} subfolder(s)" if isinstance(masks, (str, Path))
+               else f"got {len(dirs)} mask folders")
+        raise ValueError(f"{how} for {len(cams)} cameras; give one mask folder per camera, in camera order "
+                         "(or a root holding one subfolder per camera)")
     for c, d in zip(cams, dirs):
         c.mask_dir = d
 

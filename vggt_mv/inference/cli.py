@@ -200,6 +200,16 @@ def _build_config(args: argparse.Namespace, checkpoint=None):
         cfg.sparse.strategy = args.sparse
     if args.time_bias is not None:
         cfg.time_bias.strength = float(args.time_bias)
+    for name in ("lambda_pose", "lambda_geo", "lambda_pose_t", "lambda_geo_t"):  # before any weights load
+        value, option = getattr(args, name), f"--{name.replace('_', '-')}"
+        if value is None:
+            continue
+        if not cfg.mask.enabled:
+            raise ValueError(f"{option}: the {cfg.name!r} model has no dynamic-mask head, so it has no effect; "
+                             "use a page4d*/vggt_mv/tiny preset or leave it out")
+        if not abs(value) <= cfg.mask.lambda_bound:
+            raise ValueError(f"{option} {value:g} is outside +-{cfg.mask.lambda_bound:g} (the {cfg.name!r} "
+                             "model's mask.lambda_bound); use a value within it")
     for name in ("lambda_kpt", "lambda_kpt_pose"):  # range-checked here, before any weights load
         if getattr(args, name) is not None:
             setattr(cfg.sparse, name, float(getattr(args, name)))

@@ -217,7 +217,10 @@ def host_budget() -> tuple[int, str]:
             break
     cap = os.environ.get("VGGT_MV_MEMORY_CAP")
     if cap:
-        found.append((parse_bytes(cap), "VGGT_MV_MEMORY_CAP"))
+        try:
+            found.append((parse_bytes(cap), "VGGT_MV_MEMORY_CAP"))
+        except ValueError as e:
+            raise ValueError(f"VGGT_MV_MEMORY_CAP: {e}") from None
     if not found:
         return 1 << 62, "unknown (no limit found)"
     return min(found)
