@@ -217,6 +217,9 @@ def test_train_out_refuses_a_foreign_folder(tmp_path, capsys):
     rc, err = run_cli(capsys, "train", "--out", str(tmp_path / "docs"), "--steps", "1")
     assert_user_error(rc, err, "train", "not a vggt-mv result")
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "x"
+    assert run_cli(capsys, *recon(SAMPLE, tmp_path / "result"))[0] == 0
+    rc, err = run_cli(capsys, "train", "--out", str(tmp_path / "result"), "--steps", "1")
+    assert_user_error(rc, err, "train", "result is a vggt-mv output of another kind than this command writes")
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -298,3 +301,11 @@ def test_usage_errors_are_one_line_too(capsys, argv, needle):
     assert exit_.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"vggt-mv {argv[0]}: error: ") and needle in err[0]
     assert err[0].endswith(f"(see vggt-mv {argv[0]} --help)")
+
+
+def test_version(capsys):
+    import vggt_mv
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vggt-mv {vggt_mv.__version__}"

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vggt-mv",
         description="Multi-view, multi-timestep VGGT / PAGE-4D / Pi3 reconstruction (library CLI).",
     )
+    from vggt_mv import __version__
+
+    parser.add_argument("--version", action="version", version=f"vggt-mv {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of errors too (also VGGT_MV_DEBUG=1); allowed anywhere")
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the temporary viser server of export-html would log "server listening on ..."
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     from vggt_mv import distributed
 
     distributed.quiet_other_ranks()  # under torchrun only rank 0 logs at INFO

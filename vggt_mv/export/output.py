@@ -167,8 +167,10 @@ def check_output(
             if not path.is_dir():
                 raise OutputError(f"{what} {target} exists and is not a folder; choose a new folder name")
             if not ours and any(path.iterdir()):
-                raise OutputError(f"{what} {target} is a non-empty folder that is not a vggt-mv result; "
-                                  "choose a new or empty folder (nothing is deleted for you)")
+                kind_of = ("a vggt-mv output of another kind than this command writes"
+                           if is_result_dir(path) or is_train_run(path) else "a non-empty folder that is not a vggt-mv result")
+                raise OutputError(f"{what} {target} is {kind_of}; choose a new or empty folder "
+                                  "(nothing is deleted for you)")
             listed = written(path) if ours and written is not None else None
             extra = [] if listed is None else unlisted_entries(path, listed)
             if extra:

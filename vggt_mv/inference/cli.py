@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 log = logging.getLogger("vggt_mv.inference")
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``reconstruct`` subcommand to the ``vggt-mv`` parser."""
     p = sub.add_parser("reconstruct", help="reconstruct a multi-view sequence and save it",
                        description="Reconstruct a multi-view, multi-timestep sequence (temporal windows "
-                                   "aligned by Sim(3)) and write npz / PLY / GLB / cameras.json / COLMAP.")
+                                   "aligned by Sim(3)) and write its arrays (.npy) / PLY / GLB / cameras.json / COLMAP.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--views", nargs="+", metavar="DIR", help="one folder of frames (or video) per camera")
     src.add_argument("--scene", metavar="ROOT", help="a scene root (cam*/ folders or time_XX/viewN.png dump)")
@@ -100,8 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="autocast dtype on CUDA: auto (bf16), bf16, fp16, fp32")
     p.add_argument("--out", default="reconstruction",
-                   help="output folder: new or empty, or a previous vggt-mv result (replaced); never the current "
-                        "folder, an input or a folder holding one")
+                   help="output folder: new or empty, or a previous vggt-mv result holding only its own files "
+                        "(replaced); never the current folder, an input or a folder holding one "
+                        "(default: %(default)s)")
     p.add_argument("--conf-percentile", type=float, default=None, help="drop points below this confidence "
                    "percentile in the PLY/GLB exports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -165,9 +167,14 @@ def _check_priors(args: argparse.Namespace, layout: str, num_views: int):
     if args.epipolar == "previous":
         if not args.epipolar_from:
             raise ValueError("--epipolar previous needs --epipolar-from DIR (a previous output folder of this scene)")
+        from vggt_mv.export.bundle import has_result_arrays
         from vggt_mv.inference.reconstruction import Reconstruction
 
-        return Reconstruction.load(args.epipolar_from)
+        folder = Path(args.epipolar_from)
+        if not (folder.is_dir() and has_result_arrays(folder)):
+            raise ValueError(f"--epipolar-from {args.epipolar_from} is not a vggt-mv result folder; give the --out "
+                             "folder of an earlier reconstruct run of this scene")
+        return Reconstruction.load(folder)
     return None
 
 

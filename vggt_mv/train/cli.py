@@ -81,7 +81,7 @@ class _RuleAction(argparse.Action):
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
     d = TrainConfig()
-    p = subparsers.add_parser("train", help="train a model on procedural dynamic scenes (CPU friendly)",
+    p = subparsers.add_parser("train", help="train a model on real multi-camera data (--data) or procedural scenes",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=d.preset, help="model preset (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None,

@@ -32,6 +32,15 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the file named and a fix suggested."""
 
 
+def _unpickler_reason(text: str) -> str:
+    """torch's weights_only error text -> its one specific line (e.g. "Unsupported operand 94")."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines[:-1]):
+        if "WeightsUnpickler error" in ln:
+            return lines[i + 1][:200]
+    return (lines[-1] if lines else "unreadable")[:200]
+
+
 def _libc_madvise():
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -225,7 +234,7 @@ def open_checkpoint(path: str | Path, expect: Kind | None = None, role: str = "c
             needs_code = [ln.strip() for ln in text.splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
             if not needs_code:
                 raise CheckpointError(
-                    f"{path}: cannot read as a torch checkpoint ({text.splitlines()[-1][:200]}); the file is "
+                    f"{path}: cannot read as a torch checkpoint ({_unpickler_reason(text)}); the file is "
                     "truncated or corrupt, or not a checkpoint"
                 ) from None
             raise CheckpointError(
