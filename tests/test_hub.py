@@ -180,3 +180,49 @@ def test_every_rank_resolves_a_name_under_torch_distributed(hub_home, tmp_path):
                        start_method="spawn", join=True)
     paths = {(tmp_path / f"rank{r}").read_text() for r in range(2)}
     assert len(paths) == 1 and paths.pop().startswith(str(hub_home))
+
+
+def test_weights_list_asks_the_hub_for_sizes_once_and_fast(tmp_path):
+    """`weights list` online: sizes come from one HEAD request per file (a local stand-in for the Hub
+    via HF_ENDPOINT); with the Hub unreachable it answers at once instead of retrying per name."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    heads: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's name
+            heads.append(self.path)
+            self.send_response(200)
+            self.send_header("X-Linked-Size", "123456789")
+            self.send_header("ETag", '"abc"')
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = ("import json; from vggt_mv.weights.hub import weights_table; "
+            "print(json.dumps([r['size'] for r in weights_table()]))")
+
+    def sizes(endpoint: str) -> tuple[list, float]:
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": endpoint, "PYTHONPATH": str(REPO)}
+        for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+            env.pop(key, None)
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1]), time.monotonic() - t0
+
+    try:
+        got, _ = sizes(f"http://127.0.0.1:{server.server_port}")
+        assert got == [123456789] * len(SHORT_NAMES) and len(heads) == len(SHORT_NAMES)
+    finally:
+        server.shutdown()
+        server.server_close()
+    got, seconds = sizes(f"http://127.0.0.1:{server.server_port}")  # nobody listens there now
+    assert got == [None] * len(SHORT_NAMES) and seconds < 20, seconds

@@ -192,13 +192,13 @@ def implied_preset(checkpoint: str | os.PathLike | None, pi3: str | os.PathLike 
     return None
 
 
-def remote_size(hub: HubFile) -> int | None:
-    """Size of ``hub`` as the Hub reports it (``dry_run``, short timeout), or None when unreachable."""
-    from huggingface_hub import hf_hub_download
+def remote_size(hub: HubFile, timeout: float = 5.0) -> int | None:
+    """Size of ``hub`` as the Hub reports it (one HEAD request, no retries), or None when unreachable."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:
-        return hf_hub_download(hub.repo_id, hub.filename, repo_type=hub.repo_type, revision=hub.revision,
-                               cache_dir=str(hub_cache_dir()), dry_run=True, etag_timeout=5).file_size
+        url = hf_hub_url(hub.repo_id, hub.filename, repo_type=hub.repo_type, revision=hub.revision)
+        return get_hf_file_metadata(url, timeout=timeout).size
     except Exception as e:  # noqa: BLE001 - sizes are informative; the download itself reports errors
         log.debug("size of %s unknown: %s", hub.uri, e)
         return None
@@ -214,6 +214,8 @@ def weights_table(remote: bool | None = None) -> list[dict[str, Any]]:
     for name, hub in SHORT_NAMES.items():
         cached = cached_path(hub)
         size = cached.stat().st_size if cached is not None else (remote_size(hub) if remote else None)
+        if cached is None and size is None:
+            remote = False  # the Hub did not answer: do not wait for it once per name
         rows.append({"name": name, "uri": hub.uri, "preset": hub.preset, "size": size,
                      "cached": str(cached) if cached else None})
     return rows
