@@ -108,13 +108,13 @@ def run_record(args: argparse.Namespace) -> int:
             last[0] = now
             print(f"\rrecord: frame {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    out = record(
+    record(
         rec, args.out, mode=args.mode, fps=args.fps, size=args.size, point_size=args.point_size,
         color_by=args.color_by, conf_percentile=args.conf_percentile, frames_per_step=args.frames_per_step,
         show_cameras=args.show_cameras, progress=progress, up=args.up, num_frames=args.num_frames,
         orbit_timestep=args.orbit_timestep, hold=args.hold, loops=args.loops,
         label=args.label, num_threads=args.threads, arc_degrees=args.arc, inputs=[result_dir],
     )
-    log.info("wrote %s (%s, %.1fs)", out, args.mode, time.monotonic() - start)
-    print(out)
+    log.info("wrote %s (%s, %.1fs)", args.out, args.mode, time.monotonic() - start)
+    print(args.out)  # as given, like the other commands
     return 0
