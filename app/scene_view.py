@@ -334,6 +334,16 @@ class SceneView:
             ic.position, ic.look_at, ic.up = pos, look_at, up
         except AttributeError:  # a target without initial_camera (tests)
             log.debug("viewer target has no initial_camera; keeping its default view")
+        # initial_camera only moves new clients (and "Reset View"): frame the open ones on the new scene too
+        get_clients = getattr(self.target, "get_clients", None)
+        for client in (get_clients() if get_clients else {}).values():
+            try:
+                with client.atomic():
+                    client.camera.up_direction = up
+                    client.camera.position = pos
+                    client.camera.look_at = look_at  # after position, which moves look_at along
+            except AssertionError:  # the client has not reported its camera yet: it starts at initial_camera
+                log.debug("client %s has no camera state yet", client.client_id)
 
     # ------------------------------------------------------------------ viser GUI
     def _sync_gui(self, key: str, value: Any) -> None:

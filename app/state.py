@@ -80,9 +80,11 @@ class RunParams:
     def same_input(self, other: "RunParams | None") -> bool:
         """The same frames through the same weights: only settings (λ, sparse, keypoints, windows, ...)
         differ, so the viewer keeps its frame and the change shows as motion of the geometry."""
-        keys = ("views", "resolution", "frame_start", "frame_stop", "stride", "preset", "checkpoint", "pi3",
+        keys = ("resolution", "frame_start", "frame_stop", "stride", "preset", "checkpoint", "pi3",
                 "config", "allow_partial")
-        return other is not None and all(getattr(self, k) == getattr(other, k) for k in keys)
+        same_views = other is not None and [Path(v).resolve() for v in self.views] == \
+            [Path(v).resolve() for v in other.views]  # assets/sample == /abs/path/assets/sample
+        return same_views and all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
 def parse_views(text: str) -> list[str]:

@@ -184,6 +184,32 @@ def test_rerun_of_the_same_input_keeps_the_viewer_frame(session, rec):
     assert a.same_input(RunParams(resolution=112, lambda_kpt=8.0, strategy="landmark", window=4))
     assert not a.same_input(RunParams(resolution=224)) and not a.same_input(None)
     assert not a.same_input(RunParams(resolution=112, preset="vggt"))
+    import os
+
+    assert a.same_input(RunParams(resolution=112, views=[os.path.relpath(SAMPLE_DIR)]))  # the same folder, relative
+
+
+def test_a_new_input_reframes_open_clients_and_a_rerun_does_not(session, rec):
+    """viser's initial_camera only moves clients that connect later: the open tabs' cameras are set
+    too when the frame is new, and left where the user put them on a re-run of the same input."""
+    import contextlib
+    from types import SimpleNamespace
+
+    server = session.server
+    client = SimpleNamespace(client_id=1, atomic=contextlib.nullcontext,
+                             camera=SimpleNamespace(position=None, look_at=None, up_direction=None))
+    target = SimpleNamespace(scene=server.scene, gui=server.gui, initial_camera=server.initial_camera,
+                             get_clients=lambda: {1: client})
+    view = SceneView(target)
+    view.build(rec)
+    np.testing.assert_allclose(client.camera.position, server.initial_camera.position)
+    np.testing.assert_allclose(client.camera.look_at, server.initial_camera.look_at)
+    client.camera.position = np.array([9.0, 9.0, 9.0])  # the user orbits away
+    view.build(rec, keep_frame=True)
+    np.testing.assert_array_equal(client.camera.position, [9.0, 9.0, 9.0])
+    view.build(rec)  # another input: framed again
+    np.testing.assert_allclose(client.camera.position, server.initial_camera.position)
+    view.close()
 
 
 def test_playback_advances(session, rec):
