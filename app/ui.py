@@ -29,8 +29,7 @@ CSS = """
 #title h1 {margin-bottom: 0; font-size: 1.6em;}
 #title p {margin-top: 2px; color: var(--body-text-color-subdued);}
 #banner {border-radius: 8px; padding: 6px 12px; background: #fff4e0; border: 1px solid #f0b85a;}
-#banner.ok {background: #e9f7ef; border-color: #58b37b;}
-#banner p {margin: 0; font-weight: 600;}
+#banner p {margin: 0; font-weight: 600; color: #3d2b00;}  /* dark text on its light background, in either theme */
 #status {min-height: 2.2em; padding: 4px 10px; border-radius: 8px; background: var(--block-background-fill);}
 #viser-box iframe {width: 100%; height: 620px; border: 1px solid var(--border-color-primary); border-radius: 10px;
                    background: #f4f5f7;}
@@ -249,10 +248,11 @@ def build_ui(registry: SessionRegistry, defaults: RunParams | None = None, autor
                 with gr.Tabs():
                     with gr.Tab("Views"):
                         t_gallery = gr.Slider(0, 1, 0, step=1, label="timestep")
-                        g_img = gr.Gallery(label="images", columns=4, height=170, elem_id="g-img",
+                        # one row of whole thumbnails with their captions (view, t, keypoints); more views scroll
+                        g_img = gr.Gallery(label="images", columns=4, height=300, object_fit="contain", elem_id="g-img",
                                            format="png")  # lossless: thin track lines stay exact
-                        g_depth = gr.Gallery(label="depth", columns=4, height=170)
-                        g_mask = gr.Gallery(label="dynamic mask", columns=4, height=170)
+                        g_depth = gr.Gallery(label="depth", columns=4, height=300, object_fit="contain")
+                        g_mask = gr.Gallery(label="dynamic mask", columns=4, height=300, object_fit="contain")
                     with gr.Tab("Metrics"):
                         metrics = gr.Dataframe(headers=["metric", "value"], label="vs ground truth",
                                                interactive=False, wrap=True)
