@@ -38,7 +38,8 @@ def main() -> None:
     scene = vggt_mv.load_scene(REPO / "assets" / "sample", resolution=args.resolution)
     T, H, W = scene.images.shape[0], scene.images.shape[-2], scene.images.shape[-1]
     print(f"sample T={T} V={scene.images.shape[1]} at {H}x{W}, tiny demo weights")
-    print(f"{'window':>7} {'win#':>4} {'points rms':>11} {'cameras rms':>12} {'ratio':>7} {'s points':>9} {'s cameras':>10}")
+    print(f"{'window':>7} {'win#':>4} {'points rms':>11} {'cameras rms':>12} {'ratio':>7} "
+          f"{'s points':>9} {'s cameras':>10}")
     ratios = []
     for spec in args.windows:
         window, overlap = (int(x) for x in spec.split(":"))
