@@ -104,6 +104,15 @@ def running_app(*args: str, env: dict | None = None, info: dict | None = None):
             info.update(returncode=proc.returncode, stop_s=time.time() - t_stop)
 
 
+def require_browser() -> None:
+    """Skip unless Debian's chromium, playwright and the bundled sample are there."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium not installed")
+    pytest.importorskip("playwright.sync_api")
+    if not (REPO / "assets" / "sample").is_dir():
+        pytest.skip("bundled sample not present")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,11 +121,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    pytest.importorskip("playwright.sync_api")
-    if not (REPO / "assets" / "sample").is_dir():
-        pytest.skip("bundled sample not present")
+    require_browser()
     with running_app("--resolution", "112", "--window", "10", "--overlap", "0", "--no-autorun") as (url, vport):
         yield url, vport
 

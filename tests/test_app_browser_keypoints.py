@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_app_browser import ARGS, CHROMIUM, REPO, VIEWPORT, Canvas, running_app
+from test_app_browser import ARGS, CHROMIUM, REPO, VIEWPORT, Canvas, require_browser, running_app
 
 pytestmark = pytest.mark.browser
 
@@ -27,9 +26,7 @@ MIN_KPT_CHANGE = 0.01  # pixels changed by λ_kpt 0 -> 8 with the demo weights (
 
 @pytest.fixture(scope="module")
 def app_url():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    pytest.importorskip("playwright.sync_api")
+    require_browser()
     with running_app("--scene", str(REPO / "assets" / "sample"), "--sparse", "landmark", "--keypoints", "sift",
                      "--resolution", "112", "--window", "10", "--overlap", "0") as (url, _):
         yield url

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_app import port_free
-from test_app_browser import ARGS, CHROMIUM, MIN_SCENE, REPO, VIEWPORT, Canvas, _nonbg, running_app
+from test_app_browser import ARGS, CHROMIUM, MIN_SCENE, VIEWPORT, Canvas, _nonbg, require_browser, running_app
 
 pytestmark = pytest.mark.browser
 
@@ -31,11 +31,7 @@ STATUS_RE = "() => { const s = document.querySelector('#status'); return s && /%
 
 @pytest.fixture(autouse=True)
 def _browser_deps():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    pytest.importorskip("playwright.sync_api")
-    if not (REPO / "assets" / "sample").is_dir():
-        pytest.skip("bundled sample not present")
+    require_browser()
 
 
 @contextlib.contextmanager

@@ -3,13 +3,10 @@ status reports the tracks, and the per-view images the browser shows have the tr
 (the gallery image the page loads is fetched and its pixels at the query points checked)."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from test_app_browser import ARGS, CHROMIUM, REPO, VIEWPORT, running_app
+from test_app_browser import ARGS, CHROMIUM, REPO, VIEWPORT, require_browser, running_app
 
 pytestmark = pytest.mark.browser
 QUERIES = np.array([[20.0, 30.0], [56.0, 42.0], [90.0, 60.0]], np.float32)
@@ -17,11 +14,7 @@ QUERIES = np.array([[20.0, 30.0], [56.0, 42.0], [90.0, 60.0]], np.float32)
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    pytest.importorskip("playwright.sync_api")
-    if not (REPO / "assets" / "sample").is_dir():
-        pytest.skip("bundled sample not present")
+    require_browser()
     from vggt_mv.config import ModelConfig
 
     d = tmp_path_factory.mktemp("browser_tracks")

@@ -202,7 +202,7 @@ def test_weights_list_asks_the_hub_for_sizes_once_and_fast(tmp_path):
             self.end_headers()
 
         def log_message(self, *args):
-            pass
+            """Quiet: http.server would print a line per request into the test output."""
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
