@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ViewCamera", "splat", "render_frame", "look_at", "frustum_edge_points",
-    "camera_path", "iter_frames", "record", "UP_AXES",
+    "camera_path", "iter_frames", "record", "check_video_name", "VIDEO_SUFFIXES", "UP_AXES",
 ]
 
 Mode = Literal["timeline", "orbit"]
@@ -345,6 +345,14 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
 VIDEO_SUFFIXES = (".mp4", ".mov")
 
 
+def check_video_name(path: str | os.PathLike, what: str = "the video") -> None:
+    """ValueError unless ``path`` ends in one of ``VIDEO_SUFFIXES`` (``what`` names it: e.g. ``--out``)."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"{what} {path} must end in {' / '.join(VIDEO_SUFFIXES)} (the container follows it), "
+                         f"e.g. {path.with_suffix('.mp4')}")
+
+
 def record(
     rec: "Reconstruction",
     out_path: str | os.PathLike,
@@ -382,9 +390,7 @@ def record(
     import imageio.v3 as iio
 
     height, width = int(size[0]), int(size[1])
-    if Path(out_path).suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"{out_path}: a video file name must end in {' / '.join(VIDEO_SUFFIXES)} "
-                         f"(the container follows it), e.g. {Path(out_path).with_suffix('.mp4').name}")
+    check_video_name(out_path)
     if height < 2 or width < 2 or height % 2 or width % 2:
         raise ValueError(f"video size must be even and >= 2 (yuv420p), got {height}x{width}")
     if not fps > 0:

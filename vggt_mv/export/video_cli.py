@@ -76,7 +76,7 @@ def run_record(args: argparse.Namespace) -> int:
     from vggt_mv.inference.reconstruction import Reconstruction
 
     from vggt_mv.export.output import check_output
-    from vggt_mv.export.video import VIDEO_SUFFIXES, is_recorded_video
+    from vggt_mv.export.video import check_video_name, is_recorded_video
 
     result_dir: Path = args.result_dir
     for name in ("frames_per_step", "loops"):
@@ -84,9 +84,7 @@ def run_record(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if not args.fps > 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
-    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"--out {args.out} must end in {' / '.join(VIDEO_SUFFIXES)}, e.g. --out "
-                         f"{args.out.with_suffix('.mp4')}")
+    check_video_name(args.out, "--out")
     check_output(args.out, kind="file", inputs=[result_dir], is_ours=is_recorded_video)
     if not result_dir.exists():
         raise FileNotFoundError(f"RESULT_DIR {result_dir} does not exist")
